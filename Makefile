@@ -1,0 +1,46 @@
+# laserhost: the two set-up commands are `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SYSTEM_PACKAGES := socat mosquitto
+
+.PHONY: demo test bench sysdeps venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py $(wildcard cython_ext/*.pyx)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "laserhost needs Python 3.11 or newer, found " + sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=64' wheel
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The tests start real socat pty pairs and a real mosquitto. As root we install them;
+# otherwise we say, in one line, what to install.
+sysdeps:
+	@missing=""; \
+	for p in $(SYSTEM_PACKAGES); do \
+	  command -v $$p >/dev/null 2>&1 || test -x /usr/sbin/$$p || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "laserhost: missing system packages:$$missing; install them with: sudo apt-get install$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+test: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP) sysdeps
+	$(BIN)/python -m sim.demo
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info cython_ext/*.c cython_ext/*.so bench/results

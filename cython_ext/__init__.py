@@ -1,0 +1,1 @@
+"""Compiled kernels. Each .pyx here has a pure-Python twin that the tests hold it to."""
