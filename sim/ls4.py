@@ -30,6 +30,9 @@ DIODE_UNCOOLED_TEMP_C = 35.0  # cabinet air when the cooler has failed
 DIODE_COOLED_C_PER_W = 0.8  # rise per W of optical output with the cooler working
 DIODE_UNCOOLED_C_PER_W = 4.0
 DIODE_TAU_S = 15.0
+# A diode that tripped at 45.00 degC counts as "still hot" until it is below this: without
+# hysteresis a reset right at the threshold would trip again at once.
+DIODE_RESET_BELOW_C = 43.0
 CABINET_TEMP_C = 28.0
 DEFAULT_REBOOT_SILENT_S = 2.0
 
@@ -183,6 +186,8 @@ class LS4Device:
         if i.estop_pressed or i.selftest_failed or any(t > P.DIODE_OVERTEMP_CENTI_C / 100.0 for t in self.diode_temp_c):
             return True
         code, ch = self.fault_code, self.fault_channel
+        if code == P.FaultCode.DIODE_OVERTEMP and ch is not None:
+            return self.diode_temp_c[ch] >= DIODE_RESET_BELOW_C
         if code == P.FaultCode.WATCHDOG_EXPIRED:
             return self._watchdog_expired()
         if code == P.FaultCode.INTERLOCK_OPEN:
@@ -318,7 +323,7 @@ class LS4Device:
             s |= P.ChannelStatus.FIBRE_CONNECTED
         if self.inputs.fibre[c] is Fibre.BROKEN or (self.fault_code == P.FaultCode.FIBRE_FAULT and self.fault_channel == c):
             s |= P.ChannelStatus.FIBRE_FAULT
-        if self.diode_temp_c[c] > P.DIODE_OVERTEMP_CENTI_C / 100.0:
+        if self.diode_temp_c[c] > P.DIODE_OVERTEMP_CENTI_C / 100.0 or (self.fault_code == P.FaultCode.DIODE_OVERTEMP and self.fault_channel == c):
             s |= P.ChannelStatus.DIODE_OVERTEMP
         if self._deviation_s[c] > 0 or (self.fault_code == P.FaultCode.POWER_DEVIATION and self.fault_channel == c):
             s |= P.ChannelStatus.POWER_DEVIATION
