@@ -56,13 +56,20 @@ class PhysicalInputs:
     emitter_drift: list[float] = field(default_factory=lambda: [0.0] * P.CHANNEL_COUNT)  # true output / setpoint - 1
     monitor_error: list[float] = field(default_factory=lambda: [0.0] * P.CHANNEL_COUNT)  # reading / true output - 1
     selftest_failed: bool = False
+    # a unit with other firmware: what MAP_VERSION / FIRMWARE_VERSION it reports (bench "ls4 firmware")
+    map_version: int = P.MAP_VERSION
+    firmware_version: int = P.FIRMWARE_VERSION
 
 
 class LS4Device:
     """One LS-4. Call `advance(dt_s)` to let device time pass; read and write through the register methods."""
 
     regmap = P.REGISTER_MAP
-    identity = Identity(vendor_name=P.VENDOR_NAME, product_code=P.PRODUCT_CODE, revision=P.REVISION)
+
+    @property
+    def identity(self) -> Identity:
+        fw = self.inputs.firmware_version
+        return Identity(vendor_name=P.VENDOR_NAME, product_code=P.PRODUCT_CODE, revision=f"{fw >> 8}.{fw & 0xFF}")
 
     def __init__(self, *, unit_id: int = P.UNIT_ID, seed: int = 0) -> None:
         self.unit_id = unit_id
@@ -352,6 +359,8 @@ class LS4Device:
         n = range(P.CHANNEL_COUNT)
         return {
             "DEVICE_STATE": int(self.state),
+            "MAP_VERSION": self.inputs.map_version,
+            "FIRMWARE_VERSION": self.inputs.firmware_version,
             "INTERLOCKS": int(self.interlocks()),
             "FAULT_CODE": int(self.fault_code),
             "FAULT_CHANNEL": P.FAULT_CHANNEL_NONE if self.fault_channel is None else self.fault_channel,

@@ -236,10 +236,17 @@ def _monitor(world: SimWorld, args: Sequence[str]) -> None:
 
 
 def _ls4(world: SimWorld, args: Sequence[str]) -> None:
-    usage = "ls4 selftest fail|ok"
-    _want(args, 2, usage)
-    _choice(args[0], {"selftest": None}, usage)
-    world.ls4.set_input(selftest_failed=_choice(args[1], {"fail": True, "ok": False}, usage))
+    usage = "ls4 selftest fail|ok | ls4 firmware MAP_VERSION MAJOR.MINOR"
+    if len(args) == 2 and args[0] == "selftest":
+        world.ls4.set_input(selftest_failed=_choice(args[1], {"fail": True, "ok": False}, usage))
+    elif len(args) == 3 and args[0] == "firmware":
+        world.ls4.inputs.map_version = int(_number(args[1], "map version", 0, 0xFFFF))
+        major, _, minor = args[2].partition(".")
+        if not (major.isdigit() and minor.isdigit() and int(major) < 256 and int(minor) < 256):
+            raise BenchError(f"firmware version must be MAJOR.MINOR (0-255 each), got {args[2]!r}")
+        world.ls4.inputs.firmware_version = int(major) * 256 + int(minor)
+    else:
+        raise BenchError(f"usage: {usage}")
 
 
 def _probe(world: SimWorld, args: Sequence[str]) -> None:
@@ -336,7 +343,7 @@ BENCH_ACTIONS: dict[str, tuple[Callable[[SimWorld, Sequence[str]], None], str]] 
     "diode": (_diode, "diode CH cooling fail|ok: the diode cooler of a channel"),
     "power": (_power, "power CH drift PERCENT: the emitted power drifts from the setpoint"),
     "monitor": (_monitor, "monitor CH error PERCENT: power-monitor calibration error"),
-    "ls4": (_ls4, "ls4 selftest fail|ok: an internal self-test failure (fault 9)"),
+    "ls4": (_ls4, "ls4 selftest fail|ok: an internal self-test failure (fault 9); ls4 firmware MAP_VERSION MAJOR.MINOR: act as a unit with other firmware"),
     "probe": (_probe, "probe CH disconnect|connect|signal lost|signal ok|stuck [C]|unstuck|noise SIGMA|offset C|force C|force release"),
     "ft8": (_ft8, "ft8 hang|fault|ok: the thermometer hangs (stale samples), reports FAULT, or works"),
     "link": (_link, "link delay MS|drop N|corrupt N|ok: faults on the Modbus link"),

@@ -12,6 +12,7 @@ from sim.world import BENCH_ACTIONS, BenchError, SimWorld
 def world() -> SimWorld:
     w = SimWorld(clock=SimClock())
     w.clock.freeze()
+    w.sync()  # the models catch up with the moment of the freeze
     return w
 
 
