@@ -37,7 +37,7 @@ test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) sysdeps
-	$(BIN)/python -m sim.demo
+	$(BIN)/python -m controller.demo
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

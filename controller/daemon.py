@@ -23,8 +23,9 @@ from protocol.ft8 import FT8Snapshot
 from protocol.ls4 import DeviceState, LS4Snapshot
 from safety.supervisor import SafetySupervisor
 from safety.limits import LimitsError
+from safety.rules import RULES
 from safety.types import SAFE_OUTPUT, Finding, Proposal, Severity
-from safety.writer import LS4Writer
+from safety.writer import LS4Writer, WriterError
 
 from .config import DaemonConfig, RtuBus, load_config
 from .cycle_stats import CycleStats
@@ -184,15 +185,22 @@ class Daemon:
         if ls4 is not None:
             self._recover(ls4)
         self.writer = LS4Writer(self.ls4_link, unit=self.config.ls4.unit_id, supervisor=self.supervisor)
-        await self.writer.take_control(self.config.ls4.watchdog_timeout_ms)
+        try:
+            await self.writer.take_control(self.config.ls4.watchdog_timeout_ms)
+        except (LinkError, WriterError) as err:
+            log.error("event=take-control-failed error=%s", err)
+            self.journal.record_event("take_control_failed", str(err))
+            print(f"laserd: cannot take control of the LS-4: {err}", file=sys.stderr)
+            return EXIT_DEVICE
         await self._configure_ft8()
+        cycle = asyncio.create_task(self._cycle_loop(), name="control-cycle")
+        await self._wait_cycles(1)  # the operator sees the daemon only once it has read the devices
         self._operator = OperatorServer(path=self.config.socket.path, handler=self.handle, mode=self.config.socket.mode, group=self.config.socket.group)
         await self._operator.start()
         self.state = "running"
         self.journal.record_event("daemon_started", f"laserd running, control period {self.config.control_period_ms} ms, time scale {self.timebase.time_scale:g}")
         self.notifier.notify("READY=1", "STATUS=devices identified; control cycle running")
         log.info("event=ready socket=%s period_ms=%d time_scale=%g", self.config.socket.path, self.config.control_period_ms, self.timebase.time_scale)
-        cycle = asyncio.create_task(self._cycle_loop(), name="control-cycle")
         keepalive = asyncio.create_task(self._systemd_watchdog(), name="systemd-watchdog")
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait({cycle, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -248,7 +256,13 @@ class Daemon:
             started = tb.now_s()
             late_s = max(0.0, started - next_start)
             t_wall = time.perf_counter()
-            await self._one_cycle(now_s=started, late_s=late_s)
+            try:
+                await self._one_cycle(now_s=started, late_s=late_s)
+            except Exception as err:  # noqa: BLE001 - a bug must stop the laser, not the daemon's watch over it
+                log.exception("event=cycle-error")
+                self.supervisor.trip(RULES["host_error"].finding(time_s=started, why=f"{type(err).__name__}: {err}"))
+                with contextlib.suppress(Exception):
+                    await self.writer.shutdown(self.supervisor.latched)  # type: ignore[arg-type, union-attr]
             ended = tb.now_s()
             next_start += self.period_s
             missed = ended > next_start
@@ -360,14 +374,15 @@ class Daemon:
     async def _cmd_status(self) -> dict[str, Any]:
         ls4, ft8 = self.last_ls4, self.last_ft8
         session = self.session
-        budgets = session.summary(ls4)["budgets_j"] if session is not None else [None] * LS4.CHANNEL_COUNT
-        energy = session.session_energy_j(ls4) if session is not None and ls4 is not None else None
+        summary = session.summary() if session is not None else None
+        budgets = summary["budgets_j"] if summary is not None else [None] * LS4.CHANNEL_COUNT
+        energy = summary["illumination_energy_j"] if summary is not None else None
         return {
             "daemon_state": self.state,
             "time_scale": self.timebase.time_scale,
             "session_state": str(session.state) if session is not None else str(State.IDLE),
             "session_id": session.session_id if session is not None else None,
-            "session": session.summary(ls4) if session is not None else None,
+            "session": summary,
             "trip": None if self.supervisor.latched is None else self.supervisor.latched.message,
             "devices": {k: {"product": v.product_code, "firmware": v.firmware, "map_version": v.map_version, "unit": v.unit} for k, v in self.identities.items()},
             "ls4": None
@@ -375,7 +390,7 @@ class Daemon:
             else {
                 "device_state": ls4.device_state.name,
                 "fault_code": ls4.fault_code.name,
-                "interlocks": str(ls4.interlocks),
+                "interlocks": "|".join(f.name for f in LS4.Interlocks if f in ls4.interlocks) or "none",
                 "channels": [
                     {
                         "setpoint_mw": self.last_decision.setpoint_mw[c],
@@ -409,7 +424,7 @@ class Daemon:
             raise CommandError(str(err)) from None
         baseline = tuple(e / 1000.0 for e in self.last_ls4.energy_mj)
         session_id = self.journal.create_session(plan, energy_baseline_j=baseline)
-        self.session = TreatmentSession(session_id=session_id, plan=plan, journal=self.journal, session_baseline_j=baseline, illumination_baseline_j=baseline)
+        self.session = TreatmentSession(session_id=session_id, plan=plan, journal=self.journal, safety=self.supervisor)
         self.supervisor.begin_session(ls4=self.last_ls4, limits=limits, now_s=self.timebase.now_s())
         assert self.writer is not None
         await self.writer.apply_power_limits(limits.max_power_mw)
@@ -474,7 +489,6 @@ class Daemon:
         if refusal:
             raise CommandError(refusal)
         session.illumination += 1
-        session.start_illumination(self.last_ls4)
         self.supervisor.begin_illumination(ls4=self.last_ls4)
         session.apply(Event.PULLBACK_CONFIRMED, f"operator confirmed pull-back: illumination {session.illumination + 1} of {session.plan.illuminations} armed")
         return {"message": f"illumination {session.illumination + 1} armed: press the footswitch to emit"}

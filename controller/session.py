@@ -2,18 +2,19 @@
 
 The session follows the device: it becomes EMITTING when the LS-4 reports EMITTING (the
 physical footswitch), PAUSED when the LS-4 falls back to ARMED (footswitch released). It only
-*proposes* power; the safety layer decides what is written.
+*proposes* power; the safety layer decides what is written, and keeps the books: delivered
+energy, which fibres have reached their budget, and thermal dose are the supervisor's, read here.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from protocol.ft8 import FT8Snapshot
 from protocol.ls4 import DeviceState, LS4Snapshot
-from safety.dose import Cem43Accumulator
+from safety.supervisor import SafetySupervisor
 from safety.types import Proposal
 
 from .journal import Journal, Sample
@@ -38,12 +39,9 @@ class TreatmentSession:
     session_id: int
     plan: Plan
     journal: Journal
+    safety: SafetySupervisor
     state: State = State.LOADED
     illumination: int = 0
-    #: LS-4 energy counters (J) when the session and the current illumination began
-    session_baseline_j: tuple[float, ...] = (0.0,) * N_CHANNELS
-    illumination_baseline_j: tuple[float, ...] = (0.0,) * N_CHANNELS
-    dose: Cem43Accumulator = field(default_factory=Cem43Accumulator)
     last_sample_s: float | None = None
     end_reason: str | None = None
 
@@ -62,20 +60,14 @@ class TreatmentSession:
             self.end_reason = reason
         return new
 
-    # --- energy --------------------------------------------------------------------------------
+    # --- the safety layer's books -----------------------------------------------------------
 
-    def session_energy_j(self, ls4: LS4Snapshot) -> tuple[float, ...]:
-        return tuple(max(0.0, e / 1000.0 - b) for e, b in zip(ls4.energy_mj, self.session_baseline_j))
+    def fibre_done(self, channel: int) -> bool:
+        """This illumination's budget is in: the safety layer stopped the fibre for good."""
+        return channel in self.safety.fibres_stopped
 
-    def illumination_energy_j(self, ls4: LS4Snapshot) -> tuple[float, ...]:
-        return tuple(max(0.0, e / 1000.0 - b) for e, b in zip(ls4.energy_mj, self.illumination_baseline_j))
-
-    def fibre_done(self, channel: int, ls4: LS4Snapshot) -> bool:
-        fibre = self.plan.fibre(channel)
-        return self.illumination_energy_j(ls4)[channel] >= fibre.energy_budget_j
-
-    def start_illumination(self, ls4: LS4Snapshot) -> None:
-        self.illumination_baseline_j = tuple(e / 1000.0 for e in ls4.energy_mj)
+    def cem43_min(self, probe: int) -> float:
+        return self.safety.cem43_min(probe)
 
     # --- what the session asks for ---------------------------------------------------------
 
@@ -86,7 +78,7 @@ class TreatmentSession:
         setpoints = [0] * N_CHANNELS
         enables = [False] * N_CHANNELS
         for fibre in self.plan.fibres:
-            if fibre.mode is FibreMode.FIXED_POWER and fibre.power_w is not None and not self.fibre_done(fibre.channel, ls4):
+            if fibre.mode is FibreMode.FIXED_POWER and fibre.power_w is not None and not self.fibre_done(fibre.channel):
                 setpoints[fibre.channel] = round(min(fibre.power_w, fibre.max_power_w) * 1000.0)
                 enables[fibre.channel] = True
         return Proposal(setpoint_mw=tuple(setpoints), enable=tuple(enables))
@@ -94,12 +86,7 @@ class TreatmentSession:
     # --- following the device ----------------------------------------------------------------
 
     def observe(self, *, now_s: float, ls4: LS4Snapshot | None, ft8: FT8Snapshot | None, setpoint_mw: tuple[int, ...]) -> Event | None:
-        """Update dose and state from this cycle's readings; returns the end-of-illumination event to raise, if due."""
-        if ft8 is not None:
-            for probe in self.plan.probes:
-                temp = ft8.temperature_c[probe.channel]
-                if temp is not None:
-                    self.dose.add(probe.channel, time_s=now_s, temp_c=temp)
+        """Follow the device's state and record samples; returns the end-of-illumination event to raise, if due."""
         if ls4 is None or not self.open:
             return None
         device = ls4.device_state
@@ -110,15 +97,15 @@ class TreatmentSession:
         elif self.state is State.PAUSED and device is DeviceState.EMITTING:
             self.apply(Event.FOOTSWITCH_PRESSED, "footswitch pressed again: LS-4 emitting")
         self._sample(now_s, ls4, ft8, setpoint_mw)
-        return self._endpoint_event(ls4)
+        return self._endpoint_event()
 
-    def _endpoint_event(self, ls4: LS4Snapshot) -> Event | None:
+    def _endpoint_event(self) -> Event | None:
         if self.state not in (State.EMITTING, State.PAUSED, State.PULLBACK):
             return None
-        budgets_in = all(self.fibre_done(f.channel, ls4) for f in self.plan.fibres)
+        budgets_in = all(self.fibre_done(f.channel) for f in self.plan.fibres)
         margins = self.plan.probes_with_role(ProbeRole.MARGIN)
         margin_lethal = bool(margins) and all(
-            self.dose.value_min(p.channel) >= (p.lethal_cem43_min or 240.0) for p in margins
+            self.cem43_min(p.channel) >= (p.lethal_cem43_min or 240.0) for p in margins
         )
         last = self.illumination >= self.plan.illuminations - 1
         endpoint = self.plan.endpoint
@@ -143,16 +130,15 @@ class TreatmentSession:
                 illumination=self.illumination,
                 setpoint_mw=setpoint_mw,
                 output_mw=ls4.output_power_mw,
-                energy_j=self.session_energy_j(ls4),
+                energy_j=self.safety.delivered_j,
                 temperature_c=temps,
-                cem43_min=tuple(self.dose.value_min(c) if c in used else None for c in range(N_PROBES)),
+                cem43_min=tuple(self.cem43_min(c) if c in used else None for c in range(N_PROBES)),
                 device_time_ms=ls4.uptime_ms,
             ),
         )
 
-    def summary(self, ls4: LS4Snapshot | None) -> dict[str, Any]:
-        energy = self.session_energy_j(ls4) if ls4 is not None else None
-        illum = self.illumination_energy_j(ls4) if ls4 is not None else None
+    def summary(self) -> dict[str, Any]:
+        in_use = {f.channel: f for f in self.plan.fibres}
         return {
             "session_id": self.session_id,
             "state": str(self.state),
@@ -160,10 +146,11 @@ class TreatmentSession:
             "illuminations": self.plan.illuminations,
             "patient_id": self.plan.patient_id,
             "plan_sha256": self.plan.sha256,
-            "session_energy_j": None if energy is None else [round(e, 2) for e in energy],
-            "illumination_energy_j": None if illum is None else [round(e, 2) for e in illum],
-            "budgets_j": [self.plan.fibre(c).energy_budget_j if c in {f.channel for f in self.plan.fibres} else None for c in range(N_CHANNELS)],
-            "cem43_min": {p.channel: round(self.dose.value_min(p.channel), 3) for p in self.plan.probes},
+            "session_energy_j": [round(e, 2) for e in self.safety.delivered_j],
+            "illumination_energy_j": [round(e, 2) for e in self.safety.fibre_energy_j],
+            "budgets_j": [in_use[c].energy_budget_j if c in in_use else None for c in range(N_CHANNELS)],
+            "fibres_done": sorted(c for c in in_use if self.fibre_done(c)),
+            "cem43_min": {p.channel: round(self.cem43_min(p.channel), 3) for p in self.plan.probes},
             "end_reason": self.end_reason,
         }
 

@@ -86,3 +86,12 @@ def test_clock_step_needs_freeze() -> None:
 
 def test_every_action_has_a_help_line() -> None:
     assert all(help_text for _, help_text in BENCH_ACTIONS.values())
+
+
+def test_docs_list_every_bench_action() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "simulator.md").read_text()
+    table = doc.split("## Bench commands", 1)[1]
+    for action in BENCH_ACTIONS:
+        assert f"| `{action} " in table or f"| `{action}`" in table, f"docs/simulator.md does not describe bench action {action!r}"

@@ -1,0 +1,134 @@
+"""laserd against the simulator, as separate processes over Modbus TCP and RTU (socat pty pair).
+
+Ground truth comes from the simulator's side (what the LS-4 really emitted); the daemon's side
+from laserctl and its journal.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from controller.launcher import DaemonProcess, SimProcess, fixed_plan, wait_until, write_config
+
+BUDGET_J = 30.0
+POWER_W = 3.0
+# one 100 ms control cycle at the plan's power: the most a budget may be overrun
+ONE_CYCLE_J = POWER_W * 0.1
+
+
+def _emitting(daemon: DaemonProcess, sim: SimProcess, plan: str) -> int:
+    session_id = daemon.ok("load", plan_text=plan)["session_id"]
+    daemon.ok("arm")
+    sim.bench("footswitch", "press")
+    wait_until(lambda: daemon.session_state() == "EMITTING", what="session EMITTING")
+    return session_id
+
+
+def test_connects_and_identifies_both_devices(daemon: DaemonProcess, sim: SimProcess) -> None:
+    status = daemon.status()
+    assert status["devices"]["ls4"] == {"product": "LS-4", "firmware": "2.1", "map_version": 1, "unit": 1}
+    assert status["devices"]["ft8"] == {"product": "FT-8", "firmware": "1.3", "map_version": 1, "unit": 2}
+    wait_until(lambda: daemon.status()["ls4"] is not None, what="a first LS-4 reading")
+    assert daemon.status()["ls4"]["device_state"] == "READY"  # host control taken, not armed
+    assert sim.truth()["ls4"]["state"] == "READY"
+
+
+@pytest.mark.parametrize(("firmware", "expected"), [(("2", "2.1"), "register map version 2"), (("1", "2.3"), "firmware 2.3")])
+def test_a_device_it_does_not_know_is_refused(sim: SimProcess, tmp_path: Path, firmware, expected: str) -> None:
+    sim.bench("ls4", "firmware", *firmware)
+    daemon = DaemonProcess(config=write_config(tmp_path, sim), tmp=tmp_path).start(wait_ready=False)
+    assert daemon.wait() == 3
+    assert expected in daemon.log_text()
+    assert sim.truth()["ls4"]["state"] == "STANDBY"  # never driven
+
+
+def test_a_session_from_load_to_complete_at_fixed_power(daemon: DaemonProcess, sim: SimProcess) -> None:
+    session_id = _emitting(daemon, sim, fixed_plan(power_w=POWER_W, budget_j=BUDGET_J))
+    wait_until(lambda: daemon.session_state() == "COMPLETE", timeout_s=60, what="session COMPLETE")
+    truth = sim.truth()["ls4"]
+    for c in (0, 1):
+        assert BUDGET_J - 1.0 <= truth["counter_energy_j"][c] <= BUDGET_J + ONE_CYCLE_J
+    assert truth["true_output_mw"] == [0.0] * 4
+    wait_until(lambda: sim.truth()["ls4"]["state"] == "READY", what="LS-4 disarmed")
+    record = daemon.ok("session", id=session_id)
+    assert record["state"] == "COMPLETE" and record["sample_count"] >= 5
+    kinds = [(e["from"], e["to"]) for e in record["events"] if e["kind"] == "state"]
+    assert kinds == [("LOADED", "ARMED"), ("ARMED", "EMITTING"), ("EMITTING", "COMPLETE")]
+
+
+def test_pause_and_resume_by_footswitch(daemon: DaemonProcess, sim: SimProcess) -> None:
+    _emitting(daemon, sim, fixed_plan(power_w=POWER_W, budget_j=BUDGET_J))
+    wait_until(lambda: sim.truth()["ls4"]["counter_energy_j"][0] > 5.0, what="some energy")
+    sim.bench("footswitch", "release")
+    wait_until(lambda: daemon.session_state() == "PAUSED", what="session PAUSED")
+    paused = sim.truth()["ls4"]
+    assert paused["true_output_mw"] == [0.0] * 4 and paused["state"] == "ARMED"
+    sim.bench("footswitch", "press")
+    wait_until(lambda: daemon.session_state() in ("EMITTING", "COMPLETE"), what="session emitting again")
+    wait_until(lambda: daemon.session_state() == "COMPLETE", timeout_s=60, what="session COMPLETE")
+    for c in (0, 1):
+        assert sim.truth()["ls4"]["counter_energy_j"][c] <= BUDGET_J + ONE_CYCLE_J
+
+
+def test_operator_stop_ends_emission_and_aborts(daemon: DaemonProcess, sim: SimProcess) -> None:
+    session_id = _emitting(daemon, sim, fixed_plan(power_w=POWER_W, budget_j=BUDGET_J))
+    daemon.ok("stop")
+    truth = sim.truth()["ls4"]
+    assert truth["true_output_mw"] == [0.0] * 4 and truth["state"] == "READY"
+    assert daemon.ok("session", id=session_id)["state"] == "ABORTED"
+
+
+def test_pull_back_between_illuminations_needs_the_operator(daemon: DaemonProcess, sim: SimProcess) -> None:
+    _emitting(daemon, sim, fixed_plan(power_w=POWER_W, budget_j=BUDGET_J, illuminations=2))
+    wait_until(lambda: daemon.session_state() == "PULLBACK", timeout_s=60, what="first illumination done")
+    wait_until(lambda: sim.truth()["ls4"]["state"] == "READY", what="LS-4 disarmed for the pull-back")
+    first = sim.truth()["ls4"]["counter_energy_j"][:2]
+    assert daemon.ctl("arm")["ok"] is False  # only a confirmed pull-back re-arms
+    daemon.ok("pullback")
+    assert daemon.session_state() == "ARMED"
+    assert sim.truth()["ls4"]["true_output_mw"] == [0.0] * 4  # the footswitch held down does not restart emission
+    sim.bench("footswitch", "release")
+    sim.bench("footswitch", "press")
+    wait_until(lambda: daemon.session_state() == "COMPLETE", timeout_s=60, what="second illumination done")
+    total = sim.truth()["ls4"]["counter_energy_j"]
+    for c in (0, 1):
+        assert BUDGET_J - 1.0 <= total[c] - first[c] <= BUDGET_J + ONE_CYCLE_J
+
+
+def test_kill_9_then_restart_recovers_the_session_as_interrupted(daemon: DaemonProcess, sim: SimProcess, tmp_path: Path) -> None:
+    session_id = _emitting(daemon, sim, fixed_plan(power_w=POWER_W, budget_j=200.0))
+    wait_until(lambda: sim.truth()["ls4"]["counter_energy_j"][0] > 10.0, what="some energy")
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+    # nobody feeds the LS-4 watchdog now: the device stops emission by itself
+    wait_until(lambda: sim.truth()["ls4"]["fault"] == "WATCHDOG_EXPIRED", what="the LS-4 watchdog to trip")
+    truth = sim.truth()["ls4"]
+    assert truth["true_output_mw"] == [0.0] * 4
+    restarted = DaemonProcess(config=daemon.config, tmp=tmp_path).start()
+    try:
+        record = restarted.ok("session", id=session_id)
+        assert record["state"] == "INTERRUPTED" and record["interrupted"] is True
+        for c in (0, 1):
+            assert record["delivered_energy_j"][c] == pytest.approx(truth["counter_energy_j"][c], abs=0.01)
+        status = restarted.status()
+        assert status["session_state"] == "IDLE"  # nothing resumes by itself
+        assert sim.truth()["ls4"]["true_output_mw"] == [0.0] * 4
+    finally:
+        restarted.stop()
+
+
+def test_sigterm_stops_emission_and_releases_the_laser(daemon: DaemonProcess, sim: SimProcess) -> None:
+    session_id = _emitting(daemon, sim, fixed_plan(power_w=POWER_W, budget_j=200.0))
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait() == 0
+    truth = sim.truth()["ls4"]
+    assert truth["true_output_mw"] == [0.0] * 4
+    assert truth["state"] == "STANDBY" and truth["fault"] == "NONE"  # disarmed before release: no fault 8
+    restarted = DaemonProcess(config=daemon.config, tmp=daemon.tmp).start()
+    try:
+        assert restarted.ok("session", id=session_id)["state"] == "ABORTED"
+    finally:
+        restarted.stop()
