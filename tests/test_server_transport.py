@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pymodbus.exceptions import ModbusIOException
 from pymodbus.pdu.file_message import FileRecord
 
-from conftest import Bus, RawRtu, RawTcp, Reply, rtu_frame, tcp_frame, wait_until
+from bus import Bus, RawRtu, RawTcp, Reply, rtu_frame, tcp_frame, wait_until
 from protocol import ft8 as FT8
 from protocol import ls4 as LS4
 
