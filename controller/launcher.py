@@ -8,6 +8,7 @@ that real hardware would not have.
 from __future__ import annotations
 
 import asyncio
+import os
 import json
 import re
 import signal
@@ -172,6 +173,7 @@ class DaemonProcess:
     config: Path
     tmp: Path
     time_scale: float = TIME_SCALE
+    env: dict[str, str] | None = None  # extra environment (e.g. NOTIFY_SOCKET for systemd tests)
     proc: subprocess.Popen[str] | None = None
     log_path: Path | None = None
 
@@ -187,6 +189,7 @@ class DaemonProcess:
             stderr=log,
             stdout=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **(self.env or {})},
         )
         log.close()
         if wait_ready:
