@@ -164,6 +164,10 @@ class LS4Device:
         timeout_s = self.holding["WATCHDOG_TIMEOUT"] / 1000.0
         return self.uptime_s - self._last_heartbeat_change_s >= timeout_s - 1e-9
 
+    def heartbeat_age_s(self) -> float:
+        """Device time since the heartbeat last changed (or host control was taken)."""
+        return self.uptime_s - self._last_heartbeat_change_s
+
     def watchdog_remaining_ms(self) -> int:
         if P.Control.HOST_CONTROL not in self.control or self.fault_code == P.FaultCode.WATCHDOG_EXPIRED:
             return 0

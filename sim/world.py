@@ -40,6 +40,7 @@ class SimWorld:
         # ground truth for tests: when emission last ended, peak temperatures seen at probes
         self.emission_started_s: float | None = None
         self.emission_stopped_s: float | None = None
+        self.heartbeat_age_at_stop_s: float | None = None
         self.max_probe_tissue_c: list[float | None] = list(self.thermal.probe_temperature_c())
 
     # --- time --------------------------------------------------------------------------
@@ -60,6 +61,8 @@ class SimWorld:
             self.emission_started_s, self.emission_stopped_s = self.time_s, None
         elif not emitting and self.emission_started_s is not None:
             self.emission_started_s, self.emission_stopped_s = None, self.time_s + dt_s
+            # how long the host had been silent when the light went out (the watchdog bound)
+            self.heartbeat_age_at_stop_s = self.ls4.heartbeat_age_s()
         for c, p in enumerate(tip_w):
             self._thermal_energy_j[c] += p * dt_s
         self._thermal_dt_s += dt_s
@@ -113,6 +116,7 @@ class SimWorld:
             },
             "emission_started_s": self.emission_started_s,
             "emission_stopped_s": self.emission_stopped_s,
+            "heartbeat_age_at_stop_s": None if self.heartbeat_age_at_stop_s is None else round(self.heartbeat_age_at_stop_s, 4),
             "link": {
                 "delay_ms": self.link.delay_ms,
                 "drop_next": self.link.drop_next,
