@@ -6,6 +6,7 @@ The host drives only register maps it was written for. Anything else is refused 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 from protocol import ft8, ls4
 
@@ -34,28 +35,24 @@ class DeviceSpec:
     channel_count: int
 
 
-LS4_SPEC = DeviceSpec(
-    product_code=ls4.PRODUCT_CODE,
-    vendor_name=ls4.VENDOR_NAME,
-    revision=ls4.REVISION,
-    map_version=ls4.MAP_VERSION,
-    firmware_version=ls4.FIRMWARE_VERSION,
-    map_version_address=ls4.REGISTER_MAP["MAP_VERSION"].address,
-    firmware_version_address=ls4.REGISTER_MAP["FIRMWARE_VERSION"].address,
-    channel_count_address=ls4.REGISTER_MAP["CHANNEL_COUNT"].address,
-    channel_count=ls4.CHANNEL_COUNT,
-)
-FT8_SPEC = DeviceSpec(
-    product_code=ft8.PRODUCT_CODE,
-    vendor_name=ft8.VENDOR_NAME,
-    revision=ft8.REVISION,
-    map_version=ft8.MAP_VERSION,
-    firmware_version=ft8.FIRMWARE_VERSION,
-    map_version_address=ft8.REGISTER_MAP["MAP_VERSION"].address,
-    firmware_version_address=ft8.REGISTER_MAP["FIRMWARE_VERSION"].address,
-    channel_count_address=ft8.REGISTER_MAP["CHANNEL_COUNT"].address,
-    channel_count=ft8.CHANNEL_COUNT,
-)
+def _spec(device: ModuleType) -> DeviceSpec:
+    """What the host knows of a device, from its register map module (protocol.ls4, protocol.ft8)."""
+    regmap = device.REGISTER_MAP
+    return DeviceSpec(
+        product_code=device.PRODUCT_CODE,
+        vendor_name=device.VENDOR_NAME,
+        revision=device.REVISION,
+        map_version=device.MAP_VERSION,
+        firmware_version=device.FIRMWARE_VERSION,
+        map_version_address=regmap["MAP_VERSION"].address,
+        firmware_version_address=regmap["FIRMWARE_VERSION"].address,
+        channel_count_address=regmap["CHANNEL_COUNT"].address,
+        channel_count=device.CHANNEL_COUNT,
+    )
+
+
+LS4_SPEC = _spec(ls4)
+FT8_SPEC = _spec(ft8)
 
 
 @dataclass(frozen=True, kw_only=True)

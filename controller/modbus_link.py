@@ -134,24 +134,18 @@ class BusLink:
     # --- requests -------------------------------------------------------------------------
 
     async def read_input(self, *, unit: int, address: int, count: int) -> list[int]:
-        rr = await self._submit(
-            f"read input {address}+{count} unit {unit}",
-            lambda c: c.read_input_registers(address, count=count, device_id=unit),
-            unit=unit,
-            function=0x04,
-        )
-        registers = list(rr.registers)
-        if len(registers) != count:
-            self.counters.crc_errors += 1
-            raise LinkCorrupt(f"unit {unit} answered {len(registers)} registers for {count}")
-        return registers
+        return await self._read(0x04, unit=unit, address=address, count=count)
 
     async def read_holding(self, *, unit: int, address: int, count: int) -> list[int]:
+        return await self._read(0x03, unit=unit, address=address, count=count)
+
+    async def _read(self, function: int, *, unit: int, address: int, count: int) -> list[int]:
+        table = "input" if function == 0x04 else "holding"
         rr = await self._submit(
-            f"read holding {address}+{count} unit {unit}",
-            lambda c: c.read_holding_registers(address, count=count, device_id=unit),
+            f"read {table} {address}+{count} unit {unit}",
+            lambda c: (c.read_input_registers if function == 0x04 else c.read_holding_registers)(address, count=count, device_id=unit),
             unit=unit,
-            function=0x03,
+            function=function,
         )
         registers = list(rr.registers)
         if len(registers) != count:
