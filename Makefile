@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-SYSTEM_PACKAGES := socat mosquitto
+SYSTEM_PACKAGES := socat mosquitto openssl
 
 .PHONY: demo test bench sysdeps venv clean
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import monitor
 from .operator import request
 
 DEFAULT_SOCKET_ENV = "LASERD_SOCKET"
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     session = sub.add_parser("session", help="one session with its events")
     session.add_argument("id", type=int)
     session.add_argument("--json", action="store_true")
+    monitor.add_parser(sub)
     return p
 
 
@@ -114,6 +116,8 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "monitor":  # MQTT only: no socket, and nothing it could send to the daemon
+        return monitor.main(args)
     if args.socket is None:
         return _fail(f"no socket given: use --socket PATH or set ${DEFAULT_SOCKET_ENV}", EXIT_USAGE)
     return asyncio.run(_run(args))

@@ -40,6 +40,7 @@ from .sdnotify import Notifier
 from .session import SessionError, TreatmentSession, check_modes_available
 from .session_states import Event, State, TransitionError
 from .settings import SettingsError
+from .telemetry import ObservedSession, TelemetryFeed
 from .timebase import Timebase
 
 log = logging.getLogger("laserd")
@@ -98,6 +99,9 @@ class Daemon:
         self._write_failed = False
         self._cycles_done = asyncio.Condition()
         self._cycle_count = 0
+        # MQTT telemetry (docs/telemetry.md): None unless [mqtt] is enabled. Outbound only; fed by
+        # synchronous calls that never wait on the broker.
+        self.telemetry = TelemetryFeed.from_config(config.mqtt, time_scale=time_scale, on_stop_command=self._mqtt_stop, on_journal=self._journal_mqtt)
 
     # --- the devices ---------------------------------------------------------------------------
 
@@ -157,8 +161,12 @@ class Daemon:
                 self.links[bus.name] = BusLink(link_settings(bus))
                 await self.links[bus.name].start()
         try:
+            if self.telemetry is not None:
+                await self.telemetry.start()
             return await self._run_connected()
         finally:
+            if self.telemetry is not None:
+                await self.telemetry.stop()  # after the session's last event; bounded: never holds up the stop
             for link in self.links.values():
                 await link.stop()
             self.journal.close()
@@ -303,6 +311,11 @@ class Daemon:
             event = self.session.observe(now_s=now_s, ls4=ls4, ft8=ft8, setpoint_mw=decision.setpoint_mw)
             if event is not None:
                 await self._end_illumination(event)
+        if self.telemetry is not None:
+            self.telemetry.cycle(
+                now_s=now_s, daemon_state=self.state, ls4=ls4, ft8=ft8, setpoint_mw=decision.setpoint_mw,
+                session=self.session, trip=self.supervisor.latched, stats=self.stats, links=self.links,
+            )
         async with self._cycles_done:
             self._cycle_count += 1
             self._cycles_done.notify_all()
@@ -339,6 +352,8 @@ class Daemon:
                 session_id=session_id,
                 details={"rule": finding.rule, "channel": finding.channel, "value": finding.value, "limit": finding.limit},
             )
+        if self.telemetry is not None:
+            self.telemetry.finding(finding, session_id=session_id)
 
     async def _systemd_watchdog(self) -> None:
         if self.notifier.watchdog_s is None:
@@ -404,6 +419,7 @@ class Daemon:
             "ft8": None if ft8 is None else {"sample_counter": ft8.sample_counter, "temperature_c": list(ft8.temperature_c)},
             "cycle": self.stats.as_dict(),
             "links": {name: {"up": link.up, "counters": link.counters.as_dict()} for name, link in self.links.items()},
+            "mqtt": self.telemetry.status() if self.telemetry is not None else {"enabled": False},
         }
 
     async def _cmd_load(self, plan_text: str, plan_path: str | None = None) -> dict[str, Any]:
@@ -424,8 +440,9 @@ class Daemon:
             raise CommandError(str(err)) from None
         baseline = tuple(e / 1000.0 for e in self.last_ls4.energy_mj)
         session_id = self.journal.create_session(plan, energy_baseline_j=baseline)
-        self.session = TreatmentSession(session_id=session_id, plan=plan, journal=self.journal, safety=self.supervisor)
+        self.session = ObservedSession(session_id=session_id, plan=plan, journal=self.journal, safety=self.supervisor, on_change=self._session_changed)
         self.supervisor.begin_session(ls4=self.last_ls4, limits=limits, now_s=self.timebase.now_s())
+        self._session_changed(self.session, State.IDLE, Event.LOAD, "plan loaded")  # after begin_session: fresh books
         assert self.writer is not None
         await self.writer.apply_power_limits(limits.max_power_mw)
         return {"message": f"session {session_id} loaded from {plan_path or 'plan text'} (sha256 {plan.sha256[:12]}): arm when ready", "session_id": session_id}
@@ -473,11 +490,13 @@ class Daemon:
             await self._wait_cycles(2)  # judge the cause on readings taken after the reset
         if latched is None:
             self.journal.record_event("ls4_fault_reset", "operator reset the LS-4 fault")
+            self._telemetry_ack("operator reset the LS-4 fault", what="ls4_fault", rule=None)
             return {"message": "LS-4 fault reset"}
         refusal = self.supervisor.ack(self.timebase.now_s())
         if refusal:
             raise CommandError(refusal)
         self.journal.record_event("safety_ack", f"operator acknowledged: {latched.message}", details={"rule": latched.rule})
+        self._telemetry_ack(f"operator acknowledged: {latched.message}", what="trip", rule=latched.rule)
         return {"message": f"acknowledged: {latched.message}"}
 
     async def _cmd_pullback(self) -> dict[str, Any]:
@@ -520,6 +539,33 @@ class Daemon:
             "sample_count": detail.sample_count,
             "events": [{"t_wall": e.t_wall, "kind": e.kind, "from": e.state_from and str(e.state_from), "to": e.state_to and str(e.state_to), "message": e.message} for e in detail.events],
         }
+
+    # --- MQTT telemetry wiring (controller/telemetry.py, docs/telemetry.md) ---------------------
+
+    def _session_changed(self, session: TreatmentSession, before: State, event: Event, reason: str) -> None:
+        if self.telemetry is not None:
+            self.telemetry.session_changed(session, before=before, event=event, reason=reason)
+
+    def _telemetry_ack(self, message: str, *, what: str, rule: str | None) -> None:
+        if self.telemetry is not None:
+            session_id = self.session.session_id if self.session is not None and self.session.open else None
+            self.telemetry.ack(message, what=what, rule=rule, session_id=session_id)
+
+    async def _mqtt_stop(self) -> str:
+        """The command topic's only command runs the operator's stop, which is always safe."""
+        if self.writer is None or self.state != "running":
+            return f"nothing to stop: laserd is {self.state}"
+        session_id = self.session.session_id if self.session is not None and self.session.open else None
+        self._journal_mqtt("mqtt_command", "stop requested over MQTT", {"command": "stop"}, session_id=session_id)
+        return (await self._cmd_stop())["message"]
+
+    def _journal_mqtt(self, kind: str, message: str, details: dict[str, Any], *, session_id: int | None = None) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.record_event(kind, message, session_id=session_id, details=details)
+        except JournalError as err:
+            log.error("event=journal-write-failed kind=%s error=%s", kind, err)
 
 
 def _parser() -> argparse.ArgumentParser:
