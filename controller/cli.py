@@ -69,6 +69,13 @@ def _format_status(s: dict[str, Any]) -> str:
             f"cycle     period {cyc.get('period_ms')} ms  count {cyc.get('count')}  misses {cyc.get('deadline_misses')}  "
             f"cycle p50/p99/max {cyc.get('cycle_ms_p50')}/{cyc.get('cycle_ms_p99')}/{cyc.get('cycle_ms_max')} ms  jitter p99 {cyc.get('jitter_ms_p99')} ms"
         )
+    mqtt = s.get("mqtt") or {}
+    if mqtt.get("enabled"):
+        state = "connected" if mqtt.get("connected") else f"DOWN ({mqtt.get('error') or 'connecting'})"
+        lines.append(
+            f"mqtt      {mqtt.get('broker')}  {state}  telemetry dropped {mqtt.get('telemetry_dropped', 0)}  "
+            f"events queued {mqtt.get('events_queued', 0)} dropped {mqtt.get('events_dropped', 0)}"
+        )
     for name, link in (s.get("links") or {}).items():
         lines.append(f"bus {name:<6}{'up' if link.get('up') else 'DOWN'}  " + "  ".join(f"{k} {v}" for k, v in link.get("counters", {}).items()))
     return "\n".join(lines)

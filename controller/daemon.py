@@ -434,6 +434,7 @@ class Daemon:
             raise CommandError("load: plan_text must be the plan's TOML text")
         plan = load_plan(plan_text, limits=self.config.limits)
         check_modes_available(plan)
+        self._check_plan_probes(plan)
         try:
             limits = plan_limits(self.config, plan)
         except LimitsError as err:
@@ -446,6 +447,15 @@ class Daemon:
         assert self.writer is not None
         await self.writer.apply_power_limits(limits.max_power_mw)
         return {"message": f"session {session_id} loaded from {plan_path or 'plan text'} (sha256 {plan.sha256[:12]}): arm when ready", "session_id": session_id}
+
+    def _check_plan_probes(self, plan: Any) -> None:
+        """Refuse a plan whose probes do not read now: the safety layer would trip at once anyway."""
+        ft8 = self.last_ft8
+        if ft8 is None:
+            raise CommandError("no reading from the FT-8 yet: cannot check the plan's probes")
+        bad = [p.channel for p in plan.probes if ft8.temperature_c[p.channel] is None]
+        if bad:
+            raise CommandError(f"plan: probe channel(s) {', '.join(map(str, bad))} have no valid FT-8 reading (disconnected, no signal or out of range)")
 
     async def _cmd_arm(self) -> dict[str, Any]:
         assert self.writer is not None

@@ -132,3 +132,11 @@ def test_sigterm_stops_emission_and_releases_the_laser(daemon: DaemonProcess, si
         assert restarted.ok("session", id=session_id)["state"] == "ABORTED"
     finally:
         restarted.stop()
+
+
+def test_a_plan_whose_probe_does_not_read_is_refused(daemon: DaemonProcess, sim: SimProcess) -> None:
+    sim.bench("probe", 1, "disconnect")
+    wait_until(lambda: daemon.status()["ft8"]["temperature_c"][1] is None, what="probe 1 invalid")
+    reply = daemon.ctl("load", plan_text=fixed_plan())
+    assert reply["ok"] is False and "probe channel(s) 1" in reply["error"]
+    assert daemon.status()["session_state"] == "IDLE"
