@@ -67,8 +67,9 @@ def test_fault_during_emission_trips_and_stops_the_light(daemon: DaemonProcess, 
     wait_until(lambda: daemon.status()["trip"] is None, what="the latch to clear")
     assert status["session_state"] == "FAULTED"
     wait_until(lambda: sim.truth()["ls4"]["state"] == "READY", what="LS-4 back in READY")
-    # and a new session can be loaded: nothing resumes by itself
+    # and a new session can be loaded once its probes read again: nothing resumes by itself
     assert daemon.status()["session_state"] == "FAULTED"
+    wait_until(lambda: None not in daemon.status()["ft8"]["temperature_c"][:2], what="the plan's probes reading again")
     assert daemon.ok("load", plan_text=fixed_plan())["session_id"] == session_id + 1
 
 
