@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("stop", help="stop emission now and end the session as ABORTED")
     sub.add_parser("ack", help="acknowledge a safety trip once its cause is gone")
     sub.add_parser("pullback", help="confirm the fibres were pulled back for the next illumination")
+    tune = sub.add_parser("tune", help="identify every fibre's thermal response (a short low-power run while the footswitch is pressed) and control with it")
+    tune.add_argument("--power-w", type=float, default=None, help="each fibre's step power (default 1.5 W)")
+    tune.add_argument("--wait", action="store_true", help="answer when the tune is done, with its result")
+    tune.add_argument("--json", action="store_true", help="print the raw JSON")
     sessions = sub.add_parser("sessions", help="list recorded sessions")
     sessions.add_argument("--json", action="store_true")
     session = sub.add_parser("session", help="one session with its events")
@@ -99,6 +103,8 @@ async def _run(args: argparse.Namespace) -> int:
             return _fail(f"cannot read plan {args.plan}: {err.strerror}", EXIT_USAGE)
     elif args.command == "session":
         extra = {"id": args.id}
+    elif args.command == "tune":
+        extra = {"wait": args.wait} | ({} if args.power_w is None else {"power_w": args.power_w})
     try:
         reply = await request(args.socket, args.command, **extra)
     except (FileNotFoundError, ConnectionRefusedError):

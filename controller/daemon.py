@@ -285,7 +285,7 @@ class Daemon:
         ft8 = await self._read_ft8()
         self.last_ls4 = ls4 or self.last_ls4
         self.last_ft8 = ft8 or self.last_ft8
-        proposal = self.session.propose(ls4) if self.session is not None and self.session.open else Proposal()
+        proposal = self.session.propose(ls4, ft8, now_s=now_s) if self.session is not None and self.session.open else Proposal()
         decision = self.supervisor.check(
             now_s=now_s,
             ls4=ls4,
@@ -373,7 +373,7 @@ class Daemon:
     async def handle(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self, f"_cmd_{cmd}", None)
         if handler is None:
-            raise CommandError(f"unknown command {cmd!r}; commands: status, load, arm, disarm, stop, ack, pullback, sessions, session")
+            raise CommandError(f"unknown command {cmd!r}; commands: status, load, arm, disarm, stop, ack, pullback, tune, sessions, session")
         try:
             return await handler(**args)
         except TypeError as err:
@@ -420,6 +420,7 @@ class Daemon:
             "cycle": self.stats.as_dict(),
             "links": {name: {"up": link.up, "counters": link.counters.as_dict()} for name, link in self.links.items()},
             "mqtt": self.telemetry.status() if self.telemetry is not None else {"enabled": False},
+            "control": session.tune_status() if session is not None and session.open else None,
         }
 
     async def _cmd_load(self, plan_text: str, plan_path: str | None = None) -> dict[str, Any]:
@@ -508,6 +509,22 @@ class Daemon:
         self.journal.record_event("safety_ack", f"operator acknowledged: {latched.message}", details={"rule": latched.rule})
         self._telemetry_ack(f"operator acknowledged: {latched.message}", what="trip", rule=latched.rule)
         return {"message": f"acknowledged: {latched.message}"}
+
+    async def _cmd_tune(self, power_w: float | None = None, wait: bool = False) -> dict[str, Any]:
+        """`laserctl tune`: the open session's identification run (auto-tune). It proceeds while the
+        footswitch is pressed; the fitted model is then journaled (event tune_model) and used."""
+        session = self._open_session()
+        message = session.start_tune(power_w=power_w)
+        if not wait:
+            return {"message": message, "control": session.tune_status()}
+        while session.open and session.tune_running:
+            await self._wait_cycles(10)
+        status = session.tune_status()
+        if status["error"]:
+            raise CommandError(f"tune failed: {status['error']}")
+        if status["result"] is None:
+            raise CommandError(f"tune did not finish: session {session.session_id} is {session.state}")
+        return {"message": status["result"], "control": status}
 
     async def _cmd_pullback(self) -> dict[str, Any]:
         assert self.writer is not None
