@@ -45,7 +45,7 @@ SCENARIOS = ("single_fibre", "tumour_20mm_2fibres", "tumour_35mm_4fibres", "vess
 # scenarios never bring heat to their protected probe within the treatment).
 EXTRA_SCENARIOS = (str(ROOT / "tests" / "scenarios" / "protected_near_2fibres.toml"),)
 MODES = ("FIXED_POWER", "TEMPERATURE", "SHAPED")
-TREATMENT_S = 900.0  # each run is cut here if it has not ended by itself
+TREATMENT_S = 3600.0  # each run is cut here if it has not ended by itself (the plans' session limit)
 FIXED_POWER_W = 3.0
 FIBRE_BUDGET_J = 1800.0  # the issue's 1200-1800 J
 TEMPERATURE_TARGET_C = 85.0  # the issue's 80-90 degC, outside the safety layer's back-off band
@@ -169,7 +169,8 @@ def plan_text(scenario: str, mode: str) -> str:
             tips.setdefault(near.channel, p.channel)
     out = [
         "[session]",
-        f"max_session_energy_j = {FIBRE_BUDGET_J * len(fibres):g}",
+        f"max_session_energy_j = {FIBRE_BUDGET_J * len(fibres) * sc.illuminations:g}",
+        f"illuminations = {sc.illuminations}",
         "max_duration_s = 3600",
         f"tip_temp_cap_c = {TIP_CAP_C:g}",
         'endpoint = "either"',
@@ -194,6 +195,7 @@ def plan_text(scenario: str, mode: str) -> str:
 
 def run_treatment(job: tuple[str, str, float]) -> dict[str, object]:
     from control_rig import Rig
+    from controller.session_states import State
     from sim.tissue.metrics import ablation_result
 
     scenario, mode, seconds = job
@@ -206,7 +208,10 @@ def run_treatment(job: tuple[str, str, float]) -> dict[str, object]:
         margins = [p.channel for p in rig.plan.probes if p.role.value == "margin"]
         lethal_at: float | None = None
         energy_j = 0.0
+        pullback_mm = rig.thermal.scenario.pullback_mm
         while rig.world.time_s - t0 < seconds - 1e-9 and session.open:
+            if session.state is State.PULLBACK:
+                rig.pull_back(pullback_mm)
             rig.cycle()
             if rig.supervisor.in_session:
                 energy_j = sum(rig.supervisor.delivered_j)  # the safety layer's books (gone once the session ends)
@@ -223,6 +228,7 @@ def run_treatment(job: tuple[str, str, float]) -> dict[str, object]:
             "scenario": Path(scenario).stem,
             "mode": mode,
             "seconds_run": round(elapsed, 1),
+            "positions": f"{session.illumination + 1}/{rig.plan.illuminations}",
             "end": session.end_reason or ("trip" if trip else f"cut at {seconds:g} s"),
             "trip": None if trip is None else trip.rule,
             "margins_lethal_s": None if lethal_at is None else round(lethal_at, 1),
@@ -277,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             treatments = pool.map(run_treatment, jobs, chunksize=1)
         print(f"\ntreatments (cap {seconds:g} s, tip cap {TIP_CAP_C:g} degC, protected {PROTECTED_MAX_C:g} degC / {PROTECTED_MAX_CEM43_MIN:g} min, fibre budget {FIBRE_BUDGET_J:g} J; {time.perf_counter() - t0:.0f} s wall)")
         head = (
-            f"{'scenario':<26} {'mode':<12} {'end':<22} {'lethal s':>8} {'energy J':>9} {'target %':>8} {'coag ml':>7} "
+            f"{'scenario':<26} {'mode':<12} {'end':<22} {'pos':>4} {'time s':>6} {'lethal s':>8} {'energy J':>9} {'target %':>8} {'coag ml':>7} "
             f"{'prot C':>7} {'prot CEM':>8} {'prot probe':>10} {'tip C':>6} {'tip tissue':>10}  soft findings"
         )
         print(head)
@@ -285,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in treatments:
             fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
             print(
-                f"{r['scenario']:<26} {r['mode']:<12} {str(r['end'])[:22]:<22} {fmt(r['margins_lethal_s'], '.0f'):>8} {fmt(r['energy_j'], '.0f'):>9} "
+                f"{r['scenario']:<26} {r['mode']:<12} {str(r['end'])[:22]:<22} {r['positions']:>4} {r['seconds_run']:>6.0f} {fmt(r['margins_lethal_s'], '.0f'):>8} {fmt(r['energy_j'], '.0f'):>9} "
                 f"{fmt(r['target_coagulated_pct'], '.1f'):>8} {fmt(r['coagulated_ml'], '.2f'):>7} {fmt(r['protected_max_c'], '.1f'):>7} "
                 f"{fmt(r['protected_max_cem43_min'], '.1f'):>8} {fmt(r['protected_probe_max_c'], '.1f'):>10} {fmt(r['tip_probe_max_c'], '.1f'):>6} "
                 f"{fmt(r['tip_tissue_max_c'], '.0f'):>10}  {','.join(r['soft_findings']) or '-'}"  # type: ignore[arg-type]

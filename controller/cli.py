@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import monitor
+from . import monitor, planner, report
 from .operator import request
 
 DEFAULT_SOCKET_ENV = "LASERD_SOCKET"
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     session.add_argument("id", type=int)
     session.add_argument("--json", action="store_true")
     monitor.add_parser(sub)
+    report.add_parser(sub)
+    planner.add_parser(sub)
     return p
 
 
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "monitor":  # MQTT only: no socket, and nothing it could send to the daemon
         return monitor.main(args)
+    if args.command == "plan":  # offline computation with the tissue model: no daemon, no socket
+        return planner.main(args)
+    if args.command == "report":  # laserd over the socket, or a journal file (--journal): it sorts that out
+        return report.main(args)
     if args.socket is None:
         return _fail(f"no socket given: use --socket PATH or set ${DEFAULT_SOCKET_ENV}", EXIT_USAGE)
     return asyncio.run(_run(args))

@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .journal import Journal, JournalError
 from .logfmt import setup_logging
 from .modbus_link import BusLink, LinkError, LinkSettings, Transport
 from .operator import CommandError, OperatorServer
+from . import report_data
 from .plan import load_plan
 from .safety_limits import idle_limits, plan_limits
 from .sdnotify import Notifier
@@ -42,6 +44,8 @@ from .session_states import Event, State, TransitionError
 from .settings import SettingsError
 from .telemetry import ObservedSession, TelemetryFeed
 from .timebase import Timebase
+from .version import describe as describe_software
+from .version import software_version
 
 log = logging.getLogger("laserd")
 
@@ -94,6 +98,7 @@ class Daemon:
         self.last_ft8: FT8Snapshot | None = None
         self.last_decision = SAFE_OUTPUT
         self.state = "starting"
+        self.software = software_version()  # journaled with every session (event session_context)
         self._stop = asyncio.Event()
         self._operator: OperatorServer | None = None
         self._write_failed = False
@@ -373,7 +378,7 @@ class Daemon:
     async def handle(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self, f"_cmd_{cmd}", None)
         if handler is None:
-            raise CommandError(f"unknown command {cmd!r}; commands: status, load, arm, disarm, stop, ack, pullback, tune, sessions, session")
+            raise CommandError(f"unknown command {cmd!r}; commands: status, load, arm, disarm, stop, ack, pullback, tune, sessions, session, report")
         try:
             return await handler(**args)
         except TypeError as err:
@@ -442,12 +447,36 @@ class Daemon:
             raise CommandError(str(err)) from None
         baseline = tuple(e / 1000.0 for e in self.last_ls4.energy_mj)
         session_id = self.journal.create_session(plan, energy_baseline_j=baseline)
+        self._journal_context(session_id)
         self.session = ObservedSession(session_id=session_id, plan=plan, journal=self.journal, safety=self.supervisor, on_change=self._session_changed)
         self.supervisor.begin_session(ls4=self.last_ls4, limits=limits, now_s=self.timebase.now_s())
         self._session_changed(self.session, State.IDLE, Event.LOAD, "plan loaded")  # after begin_session: fresh books
         assert self.writer is not None
         await self.writer.apply_power_limits(limits.max_power_mw)
         return {"message": f"session {session_id} loaded from {plan_path or 'plan text'} (sha256 {plan.sha256[:12]}): arm when ready", "session_id": session_id}
+
+    def _journal_context(self, session_id: int) -> None:
+        """What the session runs under, on its own record: software, devices, time scale, site limits."""
+        assert self.journal is not None
+        devices = {
+            name: {
+                "vendor": i.vendor_name, "product": i.product_code, "revision": i.revision,
+                "firmware": i.firmware, "firmware_version": i.firmware_version, "map_version": i.map_version, "unit": i.unit,
+            }
+            for name, i in self.identities.items()
+        }
+        text = "; ".join([describe_software(self.software)] + [f"{d['product']} firmware {d['firmware']} map {d['map_version']} unit {d['unit']}" for d in devices.values()])
+        details = {
+            "software": self.software,
+            "devices": devices,
+            "time_scale": self.timebase.time_scale,
+            "control_period_ms": self.config.control_period_ms,
+            "limits": asdict(self.config.limits),
+        }
+        try:
+            self.journal.record_event(report_data.CONTEXT_KIND, text, session_id=session_id, details=details)
+        except JournalError as err:  # the session is already recorded: it must not be left half-loaded
+            log.error("event=journal-write-failed kind=%s error=%s", report_data.CONTEXT_KIND, err)
 
     def _check_plan_probes(self, plan: Any) -> None:
         """Refuse a plan whose probes do not read now: the safety layer would trip at once anyway."""
@@ -566,6 +595,14 @@ class Daemon:
             "sample_count": detail.sample_count,
             "events": [{"t_wall": e.t_wall, "kind": e.kind, "from": e.state_from and str(e.state_from), "to": e.state_to and str(e.state_to), "message": e.message} for e in detail.events],
         }
+
+    async def _cmd_report(self, id: int, part: str = "session", offset: int = 0) -> dict[str, Any]:  # noqa: A002
+        """`laserctl report`: one page of a session's record (controller/report_data.py)."""
+        assert self.journal is not None
+        try:
+            return report_data.read(self.journal, id, part, offset)
+        except (LookupError, report_data.ReportDataError) as err:
+            raise CommandError(str(err)) from None
 
     # --- MQTT telemetry wiring (controller/telemetry.py, docs/telemetry.md) ---------------------
 

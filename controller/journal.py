@@ -229,11 +229,18 @@ class Journal:
         *,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        read_only: bool = False,
     ) -> None:
+        """`read_only`: open an existing journal for reading only (audits, `laserctl report --journal`):
+        nothing is created, the file is opened with SQLite's mode=ro, and every write fails."""
         self.path = Path(path)
         self._wall = wall
         self._mono = monotonic
         self._last_commit_mono = monotonic()
+        self.read_only = read_only
+        if read_only:
+            self._open_read_only()
+            return
         try:
             self.path.parent.mkdir(mode=JOURNAL_DIR_MODE, parents=True, exist_ok=True)
             if not self.path.exists():
@@ -255,6 +262,33 @@ class Journal:
         except JournalError:
             self._db.close()
             raise
+
+    def _open_read_only(self) -> None:
+        """mode=ro; if SQLite cannot set up WAL reading (a copy on read-only media, without its -shm
+        file), immutable=1: the file is then taken as it is, which is what an audit copy is."""
+        if not self.path.is_file():
+            raise JournalError(f"{self.path}: no journal there")
+        uri = self.path.resolve().as_uri()
+        last: Exception | None = None
+        for flags in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                self._db = sqlite3.connect(f"{uri}?{flags}", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            try:
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not tables:
+                    raise JournalError(f"{self.path}: empty file, not a laserhost journal")
+                self._check_schema()
+                return
+            except sqlite3.Error as exc:
+                self._db.close()
+                last = exc
+            except JournalError:
+                self._db.close()
+                raise
+        raise JournalError(f"{self.path}: cannot open for reading: {last}")
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -599,11 +633,39 @@ class Journal:
             for r in rows
         ]
 
-    def samples(self, session_id: int) -> list[RecordedSample]:
+    def daemon_events_before(self, event_id: int, kinds: Sequence[str], *, limit: int = 10) -> list[EventRecord]:
+        """The latest events of `kinds` that belong to no session and come before event `event_id`,
+        newest first (e.g. the device identification of the daemon start a session ran under)."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self._db.execute(
+            "SELECT id, session_id, t_wall, t_mono, device_time_ms, kind, state_from, state_to, message, details FROM events"
+            f" WHERE id < ? AND session_id IS NULL AND kind IN ({marks}) ORDER BY id DESC LIMIT ?",
+            (event_id, *kinds, limit),
+        )
+        return [self._event_from_row(r) for r in rows]
+
+    @staticmethod
+    def _event_from_row(r: Sequence[Any]) -> EventRecord:
+        return EventRecord(
+            id=r[0],
+            session_id=r[1],
+            t_wall=r[2],
+            t_mono=r[3],
+            device_time_ms=r[4],
+            kind=r[5],
+            state_from=None if r[6] is None else State(r[6]),
+            state_to=None if r[7] is None else State(r[7]),
+            message=r[8],
+            details=None if r[9] is None else json.loads(r[9]),
+        )
+
+    def samples(self, session_id: int, *, offset: int = 0, limit: int | None = None) -> list[RecordedSample]:
+        """The session's samples in order; `offset`/`limit` read a page (samples are append-only, so
+        pages are stable while the session grows)."""
         rows = self._db.execute(
             "SELECT t_wall, t_mono, device_time_ms, illumination, setpoint_mw, output_mw, energy_j, temperature_c, cem43_min"
-            " FROM samples WHERE session_id = ? ORDER BY id",
-            (session_id,),
+            " FROM samples WHERE session_id = ? ORDER BY id LIMIT ? OFFSET ?",
+            (session_id, -1 if limit is None else max(0, int(limit)), max(0, int(offset))),
         )
         return [
             RecordedSample(

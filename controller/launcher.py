@@ -99,8 +99,23 @@ class SimProcess:
             self.pty.stop()
 
 
-def write_config(tmp: Path, sim: SimProcess, *, watchdog_timeout_ms: int = WATCHDOG_TIMEOUT_MS, log_level: str = "info") -> Path:
-    if sim.transport == "tcp":
+def write_config(
+    tmp: Path,
+    sim: SimProcess | None,
+    *,
+    watchdog_timeout_ms: int = WATCHDOG_TIMEOUT_MS,
+    log_level: str = "info",
+    bus_toml: str | None = None,
+    ls4_unit: int = 1,
+    ft8_unit: int = 2,
+) -> Path:
+    """laserd's config for the devices `sim` serves. `bus_toml`: the body of [bus.main] instead of
+    the simulator's (hil_tests: a bus named by a HIL environment file, real hardware included)."""
+    if bus_toml is not None:
+        bus = bus_toml if bus_toml.endswith("\n") else bus_toml + "\n"
+    elif sim is None:
+        raise ValueError("write_config needs the simulator, or bus_toml")
+    elif sim.transport == "tcp":
         host, port = sim.where.rsplit(":", 1)
         bus = f'transport = "tcp"\nhost = "{host}"\nport = {port}\nrequest_timeout_ms = 80\n'
     else:
@@ -113,12 +128,12 @@ control_period_ms = 100
 
 [devices.ls4]
 bus = "main"
-unit_id = 1
+unit_id = {ls4_unit}
 watchdog_timeout_ms = {watchdog_timeout_ms}
 
 [devices.ft8]
 bus = "main"
-unit_id = 2
+unit_id = {ft8_unit}
 sample_period_ms = 50
 
 [limits]

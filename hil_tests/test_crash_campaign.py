@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from controller.launcher import WATCHDOG_TIMEOUT_MS, DaemonProcess, SimProcess, fixed_plan, wait_until, write_config
+from controller.launcher import fixed_plan, wait_until
+from hil_env import ANY, Bench, Target
+from hil_summary import Row
 
 KILLS = 50
 SEED = 20261125
@@ -23,7 +26,7 @@ POWER_W = 3.0
 CYCLE_S = 0.1
 ONE_CYCLE_J = POWER_W * CYCLE_S
 # the LS-4 checks its watchdog every 10 ms and stops within 10 ms
-WATCHDOG_BOUND_S = WATCHDOG_TIMEOUT_MS / 1000.0 + 0.010 + 0.010
+WATCHDOG_CHECK_AND_STOP_S = 0.010 + 0.010
 STAGES = ("LOADED", "ARMED", "EMITTING", "PAUSED")
 
 
@@ -33,52 +36,57 @@ class Kill:
     stage: str
     energy_before_j: float
     heartbeat_age_at_stop_s: float | None
+    kill_to_stop_s: float | None  # device seconds from the SIGKILL to the light out
     recovered_j: float | None
     counted_j: float
 
 
-@pytest.mark.parametrize("sim", ["tcp"], indirect=True)
-def test_fifty_kill_9_points(sim: SimProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", [ANY], indirect=True)  # the bus wiring does not matter here
+def test_fifty_kill_9_points(hil_row: Row, bench: Bench, target: Target, tmp_path: Path) -> None:
+    hil_row.set(scenario=f"crash campaign: {KILLS} x kill -9")
+    watchdog_bound_s = target.env.watchdog_timeout_ms / 1000.0 + WATCHDOG_CHECK_AND_STOP_S
     rng = random.Random(SEED)
-    config = write_config(tmp_path, sim)
+    config = target.write_config(tmp_path)
     results: list[Kill] = []
-    daemon = DaemonProcess(config=config, tmp=tmp_path).start()
+    daemon = target.daemon(tmp_path, config=config).start()
     try:
         for n in range(KILLS):
             stage = rng.choice(STAGES)
             if daemon.status()["trip"] is not None or daemon.status()["ls4"]["device_state"] == "FAULT":
                 wait_until(lambda: daemon.ctl("ack")["ok"], what="ack after the previous kill")
-            sim.bench("footswitch", "release")
+            bench("footswitch", "release")
             session_id = daemon.ok("load", plan_text=fixed_plan(power_w=POWER_W, budget_j=5000.0))["session_id"]
-            before = sim.truth()["ls4"]["counter_energy_j"][0]
+            before = bench.truth()["ls4"]["counter_energy_j"][0]
             if stage != "LOADED":
                 daemon.ok("arm")
             if stage in ("EMITTING", "PAUSED"):
-                sim.bench("footswitch", "press")
+                bench("footswitch", "press")
                 wait_until(lambda: daemon.session_state() == "EMITTING", what="EMITTING")
-                target = before + rng.uniform(0.5, 6.0)
-                wait_until(lambda: sim.truth()["ls4"]["counter_energy_j"][0] >= target, what="some energy")
+                energy_target = before + rng.uniform(0.5, 6.0)
+                wait_until(lambda: bench.truth()["ls4"]["counter_energy_j"][0] >= energy_target, what="some energy")
             if stage == "PAUSED":
-                sim.bench("footswitch", "release")
+                bench("footswitch", "release")
                 wait_until(lambda: daemon.session_state() == "PAUSED", what="PAUSED")
+            killed_at = bench.device_time_s(time.monotonic())
             daemon.signal(signal.SIGKILL)
             daemon.wait()
             if stage != "LOADED":  # host control was held: the LS-4 watchdog must act
-                wait_until(lambda: sim.truth()["ls4"]["fault"] == "WATCHDOG_EXPIRED", what="LS-4 watchdog")
-            truth = sim.truth()
+                wait_until(lambda: bench.truth()["ls4"]["fault"] == "WATCHDOG_EXPIRED", what="LS-4 watchdog")
+            truth = bench.truth()
             assert truth["ls4"]["true_output_mw"] == [0.0] * 4
             counted = truth["ls4"]["counter_energy_j"][0] - before
-            daemon = DaemonProcess(config=config, tmp=tmp_path).start()
+            daemon = target.daemon(tmp_path, config=config).start()
             record = daemon.ok("session", id=session_id)
             assert record["state"] == "INTERRUPTED", f"kill {n} in {stage}: session {record['state']}"
             assert daemon.status()["session_state"] == "IDLE"  # nothing resumes by itself
-            assert sim.truth()["ls4"]["true_output_mw"] == [0.0] * 4
+            assert bench.truth()["ls4"]["true_output_mw"] == [0.0] * 4
             results.append(
                 Kill(
                     n=n,
                     stage=stage,
                     energy_before_j=before,
                     heartbeat_age_at_stop_s=truth["heartbeat_age_at_stop_s"] if stage == "EMITTING" else None,
+                    kill_to_stop_s=truth["emission_stopped_s"] - killed_at if stage == "EMITTING" else None,
                     recovered_j=record["delivered_energy_j"][0],
                     counted_j=counted,
                 )
@@ -90,9 +98,16 @@ def test_fifty_kill_9_points(sim: SimProcess, tmp_path: Path) -> None:
     for k in results:
         age = "-" if k.heartbeat_age_at_stop_s is None else f"{k.heartbeat_age_at_stop_s:.3f}"
         print(f"{k.n:>3} {k.stage:<9} {age:>17} {k.counted_j:>10.2f} {k.recovered_j:>12.2f}")
-    outlived = [k for k in results if k.heartbeat_age_at_stop_s is not None and k.heartbeat_age_at_stop_s > WATCHDOG_BOUND_S]
+    outlived = [k for k in results if k.heartbeat_age_at_stop_s is not None and k.heartbeat_age_at_stop_s > watchdog_bound_s]
     lost = [k for k in results if k.recovered_j is not None and k.recovered_j < k.counted_j - ONE_CYCLE_J]
-    print(f"emission outliving the watchdog bound ({WATCHDOG_BOUND_S:.3f} s): {len(outlived)}; energy lost beyond one cycle: {len(lost)}")
+    print(f"emission outliving the watchdog bound ({watchdog_bound_s:.3f} s): {len(outlived)}; energy lost beyond one cycle: {len(lost)}")
+    to_stop = [k.kill_to_stop_s for k in results if k.kill_to_stop_s is not None]
+    hil_row.set(
+        end_state="INTERRUPTED",
+        time_to_safe_s=max(to_stop, default=None),
+        energy_error_j=max((abs(k.counted_j - k.recovered_j) for k in results if k.recovered_j is not None), default=None),
+        metrics={"kills": len(results), "outlived_watchdog": len(outlived), "lost_beyond_one_cycle": len(lost), "kill_to_stop_s": to_stop},
+    )
     assert len(results) == KILLS
     assert {k.stage for k in results} == set(STAGES)
     assert not outlived

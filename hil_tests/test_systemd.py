@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.launcher import DaemonProcess, SimProcess, wait_until, write_config
+from controller.launcher import wait_until
+from hil_env import ANY, Bench, Target
 
 WATCHDOG_USEC = 400_000
 
@@ -33,14 +34,10 @@ def _drain(sock: socket.socket, into: list[str]) -> list[str]:
             return into
 
 
-@pytest.mark.parametrize("sim", ["tcp"], indirect=True)
-def test_ready_watchdog_and_stopping(sim: SimProcess, tmp_path: Path, notify_socket) -> None:
+@pytest.mark.parametrize("target", [ANY], indirect=True)
+def test_ready_watchdog_and_stopping(target: Target, tmp_path: Path, notify_socket) -> None:
     sock, path = notify_socket
-    daemon = DaemonProcess(
-        config=write_config(tmp_path, sim),
-        tmp=tmp_path,
-        env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": str(WATCHDOG_USEC)},
-    ).start()
+    daemon = target.daemon(tmp_path, environ={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}).start()
     try:
         messages: list[str] = []
         wait_until(lambda: "READY=1" in _drain(sock, messages), what="READY=1")
@@ -55,11 +52,11 @@ def test_ready_watchdog_and_stopping(sim: SimProcess, tmp_path: Path, notify_soc
         daemon.stop()
 
 
-@pytest.mark.parametrize("sim", ["tcp"], indirect=True)
-def test_no_ready_while_the_devices_do_not_answer(sim: SimProcess, tmp_path: Path, notify_socket) -> None:
+@pytest.mark.parametrize("target", [ANY], indirect=True)
+def test_no_ready_while_the_devices_do_not_answer(bench: Bench, target: Target, tmp_path: Path, notify_socket) -> None:
     sock, path = notify_socket
-    sim.bench("reboot", "all", 600)  # the bus stays silent for ten device minutes
-    daemon = DaemonProcess(config=write_config(tmp_path, sim), tmp=tmp_path, env={"NOTIFY_SOCKET": str(path)}).start(wait_ready=False)
+    bench("reboot", "all", 600)  # the bus stays silent for ten device minutes
+    daemon = target.daemon(tmp_path, environ={"NOTIFY_SOCKET": str(path)}).start(wait_ready=False)
     try:
         wait_until(lambda: "devices-unreachable" in daemon.log_text(), what="laserd to report the devices unreachable")
         assert "READY=1" not in _drain(sock, [])

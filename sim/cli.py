@@ -180,10 +180,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _keep_time(world: Any) -> None:
     """Bring the models to the present every SYNC_PERIOD_S, so timers run with no request arriving."""
+    from .light_prefetch import LightPrefetch  # a tissue model's light after a pull-back, off the event loop
+
+    prefetch = LightPrefetch(world.thermal) if LightPrefetch.applies(world.thermal) else None
     failing = False
     while True:
         try:
             world.sync()
+            if prefetch is not None:
+                prefetch.poll()
             failing = False
         except Exception:
             if not failing:  # once per failure streak, not 50 times a second

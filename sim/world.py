@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from protocol import ft8 as FT8
@@ -114,6 +117,7 @@ class SimWorld:
                 "tissue_c": [None if t is None else round(t, 3) for t in (ft8.tissue_c(c) for c in range(FT8.CHANNEL_COUNT))],
                 "max_tissue_c": [None if t is None else round(t, 3) for t in self.max_probe_tissue_c],
             },
+            "tissue": self.thermal.truth() if hasattr(self.thermal, "truth") else None,
             "emission_started_s": self.emission_started_s,
             "emission_stopped_s": self.emission_stopped_s,
             "heartbeat_age_at_stop_s": None if self.heartbeat_age_at_stop_s is None else round(self.heartbeat_age_at_stop_s, 4),
@@ -334,6 +338,41 @@ def _clock(world: SimWorld, args: Sequence[str]) -> None:
         raise BenchError(f"usage: {usage}")
 
 
+def _pullback(world: SimWorld, args: Sequence[str]) -> None:
+    usage = "pullback MM: the clinician withdraws every fibre MM along its axis (needs --scenario)"
+    _want(args, 1, usage)
+    pull_back = getattr(world.thermal, "pull_back", None)
+    if pull_back is None:
+        raise BenchError("pullback moves fibres in the tissue model: start laser-sim serve with --scenario")
+    try:
+        pull_back(_number(args[0], "pull-back distance mm", 0.0, 1000.0))
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+
+
+def _render(world: SimWorld, args: Sequence[str]) -> None:
+    """The treatment picture of the tissue model as it is now (sim/tissue/render.py), as a PNG file."""
+    usage = "render PATH: write a PNG of peak temperature and damage in the fibre plane (needs --scenario; PATH absolute)"
+    _want(args, 1, usage)
+    model = world.thermal
+    if not all(hasattr(model, a) for a in ("scenario", "omega", "peak_temp_c")):
+        raise BenchError("render draws the tissue model: start laser-sim serve with --scenario")
+    path = Path(args[0])
+    if not path.is_absolute():
+        raise BenchError(f"render needs an absolute path (the simulator's working directory is not yours), got {args[0]!r}")
+    from .tissue.render import png_bytes, render
+
+    data = png_bytes(render(model))  # type: ignore[arg-type]
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)  # whole or not at all
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise BenchError(f"render: cannot write {path}: {exc.strerror or exc}") from None
+
+
 def _state(world: SimWorld, args: Sequence[str]) -> None:
     _want(args, 0, "state")
 
@@ -353,5 +392,7 @@ BENCH_ACTIONS: dict[str, tuple[Callable[[SimWorld, Sequence[str]], None], str]] 
     "link": (_link, "link delay MS|drop N|corrupt N|ok: faults on the Modbus link"),
     "reboot": (_reboot, "reboot ls4|ft8|all [SILENT_S]: power-cycle a device; it does not answer meanwhile"),
     "clock": (_clock, "clock freeze|run|step MS: stop, restart or step device time"),
+    "pullback": (_pullback, "pullback MM: withdraw every fibre MM along its axis between illuminations (tissue model only)"),
+    "render": (_render, "render PATH: write the tissue model's picture (peak temperature, damage) as a PNG (tissue model only)"),
     "state": (_state, "state: print the ground truth"),
 }

@@ -131,6 +131,23 @@ class Rig:
         self.session.apply(Event.ARM, "operator armed")
         self.world.bench(["footswitch", "press"])
 
+    def pull_back(self, distance_mm: float) -> None:
+        """Between illuminations: the clinician pulls the fibres back (bench), the operator confirms
+        (the daemon's `pullback` command), then presses the footswitch again."""
+        session = self.session
+        assert session is not None and session.state is State.PULLBACK
+        self.release()  # the LS-4 starts emission on a press, not on a held pedal
+        self.world.bench(["pullback", f"{distance_mm:g}"])
+        while self.world.truth()["tissue"]["pullback_remaining_mm"] > 0.0:  # the hand takes seconds
+            self.cycle()
+        assert drive(self.writer.arm()) is None
+        ls4 = self.read_ls4()
+        assert ls4 is not None
+        session.illumination += 1
+        self.supervisor.begin_illumination(ls4=ls4)
+        session.apply(Event.PULLBACK_CONFIRMED, "operator confirmed pull-back")
+        self.press()
+
     def release(self) -> None:
         self.world.bench(["footswitch", "release"])
 

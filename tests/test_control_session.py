@@ -313,9 +313,9 @@ def test_shaped_stays_within_per_fibre_and_total_power(shaped: Rig) -> None:
     rig = shaped
     assert max(max(row) for row in rig.trace.proposed_mw) <= 10_000
     assert max(sum(row) for row in rig.trace.proposed_mw) <= 20_000
-    # after the tune every fibre heats: the margins warm
+    # after the tune every fibre heats: the margins, 16 mm from the nearest tip, begin to warm
     margins = [4, 5, 6]
-    assert all(rig.trace.probe(p)[-1] > rig.trace.probe(p)[0] + 1.0 for p in margins)
+    assert all(rig.trace.tissue_c[-1][p] > rig.trace.tissue_c[0][p] + 0.3 for p in margins)
 
 
 def test_a_pull_back_forgets_the_model_and_tunes_again(tmp_path: Path) -> None:

@@ -110,6 +110,11 @@ BAD_FIELDS = [
     (("protected",), [{"shape": "cube", "center_mm": [0, 0, 0], "radius_mm": 3}], "scenario protected[0].shape: expected one of sphere, cylinder, got 'cube'"),
     (("protected",), [{"shape": "sphere", "center_mm": [0, 0, 0], "radius_mm": 3, "direction": [1, 0, 0]}], "scenario protected[0].direction: unknown field"),
     (("extra",), 1, "scenario extra: unknown field"),
+    (("placement",), {"illuminations": 3}, "scenario placement.pullback_mm: missing: 3 illuminations need a pull-back distance"),
+    (("placement",), {"illuminations": 9, "pullback_mm": 5}, "scenario placement.illuminations: expected 1 to 8, got 9"),
+    (("placement",), {"illuminations": 2, "pullback_mm": 0}, "scenario placement.pullback_mm: expected a number > 0 and <= 30, got 0"),
+    (("placement",), {"illuminations": 3, "pullback_mm": 25}, "scenario placement.pullback_mm: fibre 0 pulled back 50 mm in all leaves the grid"),
+    (("placement",), {"illuminations": 2, "pullback_mm": 5, "speed": 1}, "scenario placement.speed: unknown field"),
 ]
 
 

@@ -1,7 +1,11 @@
 """laser-sim ablate: run a tissue scenario open-loop at fixed powers and print the ablation metrics.
 
     laser-sim ablate --scenario F --power CH=W [--power CH=W ...] --seconds S [--json]
+                     [--illuminations N --pullback-mm MM] [--cooldown S]
                      [--png PATH] [--grid-mm MM] [--threads N]
+
+S is the time of each illumination; between illuminations every fibre is pulled back MM along
+its axis (as clinicians do to lengthen the zone); --cooldown runs the tissue on with the light off.
 
 F is a scenario file or the name of a shipped one (sim/scenarios/). CH is the LS-4 channel (0-3)
 and W the optical power at its fibre's tip. Bad input: one line on stderr, exit 2. Runs that
@@ -41,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", required=True, metavar="F", help="scenario TOML file, or the name of a shipped scenario")
     p.add_argument("--power", action="append", default=[], metavar="CH=W", help="optical power W (watts) at the tip of LS-4 channel CH (0-3); repeat per channel")
     p.add_argument("--seconds", required=True, type=float, metavar="S", help="how long to run")
+    p.add_argument("--illuminations", type=int, default=1, metavar="N", help="fibre positions, each run for --seconds (default 1)")
+    p.add_argument("--pullback-mm", type=float, default=0.0, metavar="MM", help="withdraw every fibre MM along its axis between illuminations")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="S", help="then S seconds with the light off (the dose keeps growing)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--png", metavar="PATH", help="write an image of damage and temperature in the fibre plane")
     p.add_argument("--grid-mm", type=float, metavar="MM", help="override the scenario's voxel size")
@@ -98,8 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             folder = os.path.dirname(os.path.abspath(args.png))
             if not os.path.isdir(folder):
                 raise _BadInput(f"--png {args.png}: no such directory {folder}")
-        progress = _Progress(args.seconds, sys.stderr)
-        model, result = simulate(scenario, powers, args.seconds, grid_mm=args.grid_mm, threads=args.threads, progress=progress)
+        for flag, value in (("--pullback-mm", args.pullback_mm), ("--cooldown", args.cooldown)):
+            if not math.isfinite(value) or value < 0:
+                raise _BadInput(f"{flag}: expected 0 or a positive number, got {value:g}")
+        progress = _Progress(args.seconds * args.illuminations + args.cooldown, sys.stderr)
+        model, result = simulate(
+            scenario, powers, args.seconds, grid_mm=args.grid_mm, threads=args.threads, progress=progress,
+            illuminations=args.illuminations, pullback_mm=args.pullback_mm, cooldown_s=args.cooldown,
+        )  # fmt: skip
         progress.done()
     except (_BadInput, ScenarioError, ValueError) as exc:
         return _fail(str(exc))

@@ -244,6 +244,29 @@ def ablation_result(model: TissueModel, *, powers_w: dict[int, float], seconds: 
     )
 
 
+def tissue_truth(model: TissueModel) -> dict[str, Any]:
+    """The patient's side of the simulator's ground truth (cheap enough for every bench `state`)."""
+    scenario, grid = model.scenario, model.grid
+    target = None
+    if scenario.tumour is not None:
+        t = scenario.tumour
+        target = _fraction(model.coagulated, grid.sphere_mask(t.center_mm, t.target_radius_mm))
+    return {
+        "scenario": scenario.name,
+        "time_s": round(model.time_s, 3),
+        "pulled_back_mm": round(model.pulled_back_mm, 4),
+        "pullback_remaining_mm": round(model.pullback_remaining_mm, 4),
+        "tips_mm": {str(f.spec.channel): [round(v, 3) for v in f.spec.tip_mm] for f in model.fibres},
+        "tip_max_temp_c": {str(f.spec.channel): round(f.tip_max_c, 2) for f in model.fibres},
+        "char_fraction": {str(f.spec.channel): round(f.char, 4) for f in model.fibres},
+        "probe_max_temp_c": {str(p.channel): round(m, 2) for p, m in zip(scenario.probes, model.probe_max_c)},
+        "protected_max_temp_c": {k: _finite(v) for k, v in model.protected_max_temp_c().items()},
+        "protected_max_cem43_min": {k: _finite(v) for k, v in model.protected_max_cem43_min().items()},
+        "coagulated_ml": round(float(model.coagulated.sum()) * grid.voxel_volume_mm3 / 1000.0, 4),
+        "target_coagulated_fraction": None if target is None else round(target, 5),
+    }
+
+
 def _fraction(coag: np.ndarray, mask: np.ndarray) -> float:
     n = int(mask.sum())
     return float((coag & mask).sum()) / n if n else 0.0

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .grid import Grid
 from .light import DenseBasis, SparseBasis, ball_basis, diffuse_basis, point_basis
-from .scenario import FT8_CHANNELS, LS4_CHANNELS, FibreSpec, Scenario, StructureSpec
+from .scenario import FT8_CHANNELS, LS4_CHANNELS, MAX_PULLBACK_MM, FibreSpec, ProbeSpec, Scenario, StructureSpec
+from .threads import ThreadChooser
 
 # Explicit stability: 6 a + dt w' <= 1 keeps every update a convex combination (no overshoot,
 # a discrete maximum principle); a margin below it damps the checkerboard mode.
@@ -33,6 +35,13 @@ MAX_STEPS_PER_SWEEP = 8
 # exact either way: the char and diffuse parts each sum to the fibre's power).
 CHAR_REFRESH_STEP = 0.01
 MAX_THREADS = 8
+# A hand withdraws a fibre in seconds, not instantly: 10 mm in 10 s (our choice, docs/physics.md).
+# A tip probe riding on it then sweeps the ~18 degC/mm gradient beside a charred tip at ~18 degC/s,
+# inside what the FT-8's plausibility check accepts of a real probe.
+PULLBACK_SPEED_MM_S = 1.0
+# A tip probe rides on its fibre's introducer when it sits this close to the tip (it is pulled
+# back with the fibre); other probes stay where they were placed.
+TIP_PROBE_RIDES_WITHIN_MM = 5.0
 
 KernelFn = Callable[..., tuple[float, float, float, int]]
 
@@ -45,6 +54,16 @@ def _kernel(name: str) -> KernelFn:
     else:
         raise ValueError(f"kernel must be 'compiled' or 'numpy', got {name!r}")
     return sweep
+
+
+def _workspace_shape(kernel: str, shape: tuple[int, int, int], steps: int, threads: int) -> tuple[int, ...]:
+    """The kernel's workspace (its `ring` argument) for sweeps of up to `steps` steps."""
+    if kernel == "compiled":
+        from cython_ext.bioheat import workspace_shape
+
+        return tuple(workspace_shape(shape, steps, threads))
+    _, ny, nz = shape
+    return (max(steps - 1, 1), 3, ny + 2, nz + 2)
 
 
 def default_threads() -> int:
@@ -75,9 +94,35 @@ class EnergyBalance:
         return self.residual_j / self.in_j if self.in_j else 0.0
 
 
+def _back(point_mm: Sequence[float], direction: Sequence[float], distance_mm: float) -> tuple[float, float, float]:
+    x, y, z = (p - distance_mm * d for p, d in zip(point_mm, direction))
+    return (x, y, z)
+
+
+def _fmt(point_mm: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in point_mm) + ")"
+
+
+def _riding_fibre(probe: ProbeSpec, fibres: Sequence[_Fibre]) -> _Fibre | None:
+    best = min(fibres, key=lambda f: math.dist(f.spec.tip_mm, probe.position_mm), default=None)
+    if best is None or math.dist(best.spec.tip_mm, probe.position_mm) > TIP_PROBE_RIDES_WITHIN_MM:
+        return None
+    return best
+
+
 class _Fibre:
     def __init__(self, spec: FibreSpec, model: TissueModel) -> None:
+        self._place(spec, model)
+        self.char = 0.0  # carbonised fraction of the tip, 0..1, never decreases
+        self.tip_max_c = model.props.body_temp_c
+
+    def place_light(self, model: TissueModel) -> None:
+        """Light bases for where the tip is now (after a pull-back); char and tip maximum stay."""
+        self._place(self.spec, model)
+
+    def _place(self, spec: FibreSpec, model: TissueModel) -> None:
         self.spec = spec
+        self.light_stale = False
         props, grid = model.props, model.grid
         self.source_mm = tuple(t + props.transport_mean_free_path_mm * d for t, d in zip(spec.tip_mm, spec.direction))
         self.point: SparseBasis | None = None
@@ -88,8 +133,6 @@ class _Fibre:
         else:
             self.diffuse = diffuse_basis(grid, source_mm=self.source_mm, mu_eff_1_mm=props.mu_eff_1_mm)
         self.char_ball = ball_basis(grid, center_mm=spec.tip_mm, radius_mm=props.char_radius_mm)
-        self.char = 0.0  # carbonised fraction of the tip, 0..1, never decreases
-        self.tip_max_c = props.body_temp_c
 
     @property
     def escaped(self) -> float:
@@ -111,7 +154,8 @@ class TissueModel:
         self.scenario = scenario
         self.props = props = scenario.tissue
         self.grid = grid = scenario.grid.grid(grid_mm)
-        self.threads = threads or default_threads()
+        self.threads = threads or default_threads()  # at most; the chooser picks 1 when that is faster
+        self._chooser = ThreadChooser(self.threads)
         self._sweep = _kernel(kernel)
         self.kernel = kernel
         h_m = grid.spacing_mm / 1000.0
@@ -125,7 +169,7 @@ class TissueModel:
         padded = (nx + 2, ny + 2, nz + 2)
         self._t = np.full(padded, body)
         self._t_next = np.full(padded, body)
-        self._ring = np.full((MAX_STEPS_PER_SWEEP - 1, 3, ny + 2, nz + 2), body)
+        self._ring = np.full(_workspace_shape(kernel, grid.shape, MAX_STEPS_PER_SWEEP, self.threads), body)
         self._heat_k_s = np.zeros(grid.shape)
         self._scratch = np.empty(grid.shape)
         self.omega = np.zeros(grid.shape)
@@ -138,12 +182,12 @@ class TissueModel:
         self._perfusion = np.full(grid.shape, perf_rate)
         self._perfusion[self._vessel.astype(bool)] = 0.0  # blood in a vessel: held, not perfused
         self.fibres = [_Fibre(spec, self) for spec in scenario.fibres]
-        tips = np.asarray([f.spec.tip_mm for f in self.fibres], dtype=float)
-        self._tip_stencil = grid.trilinear_stencil(tips, padded=True)
         self._probe_channels = [p.channel for p in scenario.probes]
         self.probe_max_c = [props.body_temp_c] * len(scenario.probes)  # scenario probe order
-        if scenario.probes:
-            self._probe_stencil = grid.trilinear_stencil(np.asarray([p.position_mm for p in scenario.probes]), padded=True)
+        self._place_stencils()
+        self.pulled_back_mm = 0.0
+        self.pullback_remaining_mm = 0.0
+        self._riders: dict[int, int] = {}  # tip probe channel -> the LS-4 channel of the fibre it rides on
         self._protected = [_Protected(s, grid) for s in scenario.protected]
         self._applied: tuple[tuple[float, float], ...] | None = None
         self._powers_w = (0.0,) * LS4_CHANNELS
@@ -184,6 +228,8 @@ class TissueModel:
         """Advance dt_s with the mean optical power (W) at each LS-4 channel's tip."""
         if dt_s <= 0.0:
             return
+        if self.pullback_remaining_mm > 0.0:
+            self._advance_pullback(dt_s)
         powers = tuple(max(0.0, float(p)) for p in list(tip_power_w)[:LS4_CHANNELS]) + (0.0,) * max(0, LS4_CHANNELS - len(tip_power_w))
         self._powers_w = powers
         n = max(1, math.ceil(dt_s / self.stable_dt_s - 1e-9))
@@ -196,6 +242,8 @@ class TissueModel:
         done = 0
         while done < n:
             m = min(block, n - done)
+            threads = self._chooser.next()
+            started = time.perf_counter()
             perf_k, vessel_k, boundary_k, _ = self._sweep(
                 self._t, self._t_next, self._ring, self._heat_k_s, self._perfusion, self._vessel, self._vessel_rows,
                 self.omega, self.cem43_min, self.peak_temp_c,
@@ -203,8 +251,9 @@ class TissueModel:
                 arrhenius_min_c=props.arrhenius_min_temp_c, cem_min_c=props.cem_min_temp_c,
                 ln_a=math.log(props.arrhenius_a_1_s), ea_over_r=props.arrhenius_ea_over_r_k,
                 coagulated_omega=1.0 if props.perfusion_stops_when_coagulated else math.inf,
-                threads=self.threads,
+                threads=threads,
             )  # fmt: skip
+            self._chooser.record(threads, time.perf_counter() - started, m * self.grid.voxel_count)
             self._t, self._t_next = self._t_next, self._t
             c = self._voxel_heat_capacity_j_k
             self._in_j += p_in * m * h
@@ -263,7 +312,61 @@ class TissueModel:
             if progress is not None:
                 progress(self.time_s)
 
+    def truth(self) -> dict[str, object]:
+        from .metrics import tissue_truth  # metrics reads the model; imported late to keep the module order simple
+
+        return tissue_truth(self)
+
+    def pull_back(self, distance_mm: float) -> None:
+        """Begin withdrawing every fibre distance_mm along its axis (between illuminations).
+
+        The fibres move at PULLBACK_SPEED_MM_S while the model steps (a hand pulls a fibre back
+        in seconds, and a tip probe riding on it sweeps through the tissue it passes); the tissue
+        keeps its temperature and damage; the char crust stays on the fibre end; a tip probe within
+        TIP_PROBE_RIDES_WITHIN_MM of a tip moves with its fibre. ValueError (one line) if the
+        distance is out of range, a tip would leave the grid or a pull-back is under way."""
+        if self.pullback_remaining_mm > 0.0:
+            raise ValueError(f"a pull-back is under way ({self.pullback_remaining_mm:.1f} mm to go)")
+        if not 0.0 < distance_mm <= MAX_PULLBACK_MM:
+            raise ValueError(f"pull-back distance must be in (0, {MAX_PULLBACK_MM:g}] mm, got {distance_mm:g}")
+        for f in self.fibres:
+            end = _back(f.spec.tip_mm, f.spec.direction, distance_mm)
+            if not self.grid.contains(end):
+                raise ValueError(f"pulling fibre {f.spec.channel} back {distance_mm:g} mm puts its tip at {_fmt(end)} mm, outside the grid")
+        self._riders = {p.channel: rider.spec.channel for p in self.scenario.probes if p.role == "tip" and (rider := _riding_fibre(p, self.fibres)) is not None}
+        self.pullback_remaining_mm = distance_mm
+
+    @property
+    def pullback_time_s(self) -> float:
+        """Tissue time until the pull-back under way is complete."""
+        return self.pullback_remaining_mm / PULLBACK_SPEED_MM_S
+
+    def _advance_pullback(self, dt_s: float) -> None:
+        step_mm = min(self.pullback_remaining_mm, PULLBACK_SPEED_MM_S * dt_s)
+        direction = {f.spec.channel: f.spec.direction for f in self.fibres}
+        specs = [replace(f.spec, tip_mm=_back(f.spec.tip_mm, f.spec.direction, step_mm)) for f in self.fibres]
+        probes = tuple(
+            replace(p, position_mm=_back(p.position_mm, direction[self._riders[p.channel]], step_mm)) if p.channel in self._riders else p
+            for p in self.scenario.probes
+        )
+        for f, spec in zip(self.fibres, specs):
+            f.spec = spec
+            f.light_stale = True  # re-placed when it next shines (the laser is off while fibres move)
+        self.scenario = replace(self.scenario, fibres=tuple(specs), probes=probes)
+        self.pulled_back_mm += step_mm
+        self.pullback_remaining_mm = max(0.0, self.pullback_remaining_mm - step_mm)
+        if self.pullback_remaining_mm < 1e-9:
+            self.pullback_remaining_mm = 0.0
+        self._place_stencils()
+        self._applied = None
+
     # --- internals ---------------------------------------------------------------------------------
+
+    def _place_stencils(self) -> None:
+        tips = np.asarray([f.spec.tip_mm for f in self.fibres], dtype=float)
+        self._tip_stencil = self.grid.trilinear_stencil(tips, padded=True)
+        if self.scenario.probes:
+            self._probe_stencil = self.grid.trilinear_stencil(np.asarray([p.position_mm for p in self.scenario.probes]), padded=True)
 
     def _refresh_heat(self) -> None:
         """Re-sum the light field if any fibre's power changed or its char moved enough."""
@@ -281,6 +384,8 @@ class TissueModel:
         for f, (power, char) in zip(self.fibres, wanted):
             if power == 0.0:
                 continue
+            if f.light_stale:
+                f.place_light(self)
             k_per_s = power / self._voxel_heat_capacity_j_k
             if f.point is not None:
                 flat[f.point.index] += k_per_s * f.point.fraction

@@ -25,6 +25,10 @@ EMISSIONS = ("diffuse", "point_heat")
 STRUCTURE_SHAPES = ("sphere", "cylinder")
 MIN_SPACING_MM = 0.1
 MAX_SPACING_MM = 5.0
+# Placement: at most this many fibre positions, each pull-back at most this long (clinically 5-15 mm
+# steps: Pacella et al. 2001, 2009 used 10 mm).
+MAX_ILLUMINATIONS = 8
+MAX_PULLBACK_MM = 30.0
 MAX_VOXELS = 256**3  # 16.8 M voxels, ~0.8 GB of fields: a guard against a typo in the spacing
 DEFAULT_MARGIN_MM = 5.0
 
@@ -106,6 +110,10 @@ class Scenario:
     probes: tuple[ProbeSpec, ...] = ()
     vessels: tuple[VesselSpec, ...] = ()
     protected: tuple[StructureSpec, ...] = ()
+    # The placement protocol the scenario was designed for: fibre positions, each pulled back
+    # pullback_mm along its axis from the one before (run by bench rigs, the HIL suite, the demo).
+    illuminations: int = 1
+    pullback_mm: float = 0.0
     source: str = ""
 
     def fibre_on(self, channel: int) -> FibreSpec | None:
@@ -160,6 +168,7 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario", source: s
     _unique(probes, "probes", "channel", "FT-8 channel")
     vessels = tuple(_vessel(t) for t in root.tables("vessels", min_count=0, max_count=16))
     protected = tuple(_structure(t, i) for i, t in enumerate(root.tables("protected", min_count=0, max_count=16)))
+    illuminations, pullback_mm = _placement(root.table("placement", required=False), fibres, grid)
     root.finish()
     return Scenario(
         name=scenario_name,
@@ -171,8 +180,27 @@ def parse_scenario(data: Mapping[str, Any], *, name: str = "scenario", source: s
         probes=probes,
         vessels=vessels,
         protected=protected,
+        illuminations=illuminations,
+        pullback_mm=pullback_mm,
         source=source,
     )
+
+
+def _placement(t: _Table | None, fibres: tuple[FibreSpec, ...], grid: Grid) -> tuple[int, float]:
+    if t is None:
+        return 1, 0.0
+    illuminations = t.integer("illuminations", lo=1, hi=MAX_ILLUMINATIONS)
+    pullback = t.number("pullback_mm", lo=0.0, hi=MAX_PULLBACK_MM, lo_open=True, optional=True)
+    t.finish()
+    if illuminations > 1 and pullback is None:
+        raise t.fail("pullback_mm", f"missing: {illuminations} illuminations need a pull-back distance")
+    pullback = pullback or 0.0
+    travel = pullback * (illuminations - 1)
+    for f in fibres:
+        last = tuple(p - travel * d for p, d in zip(f.tip_mm, f.direction))
+        if not grid.contains(last):
+            raise t.fail("pullback_mm", f"fibre {f.channel} pulled back {travel:g} mm in all leaves the grid")
+    return illuminations, pullback
 
 
 class _Table:
