@@ -83,6 +83,7 @@ def _row(label: str, model: TissueModel, wall: float, setup: float, threads: int
         "time_step_s": model.stable_dt_s,
         "threads": threads,
         "sweeps_per_thread_count": _threads_used(model),
+        "two_thread_split": model._chooser.split,
         "setup_s": setup,
         "wall_s": wall,
         "real_time_factor": SECONDS / wall,

@@ -78,6 +78,10 @@ POWER_TOLERANCE_RANGE: Final = (0.05, safety_bounds.POWER_TOLERANCE_FRACTION_MAX
 POWER_TOLERANCE_PERSIST_RANGE_MS: Final = (20, round(safety_bounds.POWER_MISMATCH_WINDOW_MAX_S * 1000))
 ENERGY_CROSSCHECK_FRACTION_RANGE: Final = (0.01, safety_bounds.ENERGY_CROSSCHECK_TOLERANCE_FRACTION_MAX)
 ENERGY_CROSSCHECK_FLOOR_RANGE_J: Final = safety_bounds.ENERGY_CROSSCHECK_TOLERANCE_J_RANGE
+# A control cycle starting later than this trips the session (cycle_overrun): the safety layer's
+# bound; a longer control period may want a longer one (docs/config.md).
+CYCLE_OVERRUN_DEFAULT_MS: Final = round(safety_bounds.DEFAULT_MAX_CYCLE_OVERRUN_S * 1000)
+CYCLE_OVERRUN_RANGE_MS: Final = (20, round(safety_bounds.MAX_CYCLE_OVERRUN_MAX_S * 1000))
 
 # ----- journal, socket, mqtt, logging -----
 # sun_path is 108 bytes on Linux including the terminating NUL.
@@ -156,6 +160,7 @@ class HardLimits:
     power_tolerance_persist_ms: int  # ... for at most this long
     energy_crosscheck_tolerance_fraction: float  # host-integrated energy vs LS-4 counter
     energy_crosscheck_tolerance_j: float  # ... or this many J, whichever is larger
+    max_cycle_overrun_ms: int = CYCLE_OVERRUN_DEFAULT_MS  # a cycle starting this late trips the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +357,7 @@ def _limits(sec: Section) -> HardLimits:
         power_tolerance_persist_ms=sec.get_int("power_tolerance_persist_ms", minimum=POWER_TOLERANCE_PERSIST_RANGE_MS[0], maximum=POWER_TOLERANCE_PERSIST_RANGE_MS[1]),
         energy_crosscheck_tolerance_fraction=sec.get_float("energy_crosscheck_tolerance_fraction", minimum=ENERGY_CROSSCHECK_FRACTION_RANGE[0], maximum=ENERGY_CROSSCHECK_FRACTION_RANGE[1]),
         energy_crosscheck_tolerance_j=sec.get_float("energy_crosscheck_tolerance_j", minimum=ENERGY_CROSSCHECK_FLOOR_RANGE_J[0], maximum=ENERGY_CROSSCHECK_FLOOR_RANGE_J[1]),
+        max_cycle_overrun_ms=sec.get_int("max_cycle_overrun_ms", default=CYCLE_OVERRUN_DEFAULT_MS, minimum=CYCLE_OVERRUN_RANGE_MS[0], maximum=CYCLE_OVERRUN_RANGE_MS[1]),
     )
     sec.finish()
     return limits
@@ -472,6 +478,12 @@ def _cross_checks(
             f"= {control_period_ms} is not well under devices.ls4.watchdog_timeout_ms = {watchdog}: "
             f"at least {WATCHDOG_MIN_CONTROL_PERIODS} periods must fit in one watchdog timeout "
             f"(period <= {watchdog // WATCHDOG_MIN_CONTROL_PERIODS} ms)",
+        )
+    if limits.max_cycle_overrun_ms + control_period_ms >= watchdog:
+        raise root.fail(
+            "limits.max_cycle_overrun_ms",
+            f"= {limits.max_cycle_overrun_ms} plus control_period_ms = {control_period_ms} must stay below devices.ls4.watchdog_timeout_ms = {watchdog} "
+            "(the host must trip on a late cycle before the LS-4's watchdog does)",
         )
     for bus in buses.values():
         field = f"bus.{bus.name}.request_timeout_ms"

@@ -45,6 +45,7 @@ EVENTS_SHOWN: Final = 6
 STALE_PERIODS: Final = 3.0  # the feed is stale after this many telemetry periods without a message
 STALE_MIN_S: Final = 1.0
 BAR_CELLS: Final = 10
+DOSE_FIXED_BELOW_MIN: Final = 1e6  # larger doses in the CEM43 column in exponent notation (same width)
 KINDS: Final = {"status": SCHEMA_STATUS, "telemetry": SCHEMA_TELEMETRY, "event": SCHEMA_EVENT, "session": SCHEMA_SESSION}
 ALARM_EVENT_KINDS: Final = frozenset({"trip", "fault", "events_dropped"})
 EXIT_OK: Final = 0
@@ -133,6 +134,14 @@ def _num(value: Any, fmt: str, missing: str = "-") -> str:
     return missing if value is None else format(value, fmt)
 
 
+def _dose(value: float | None) -> str:
+    """A CEM43 column entry: beside a tip the dose reaches 1e15 min and more, which fixed-point would
+    print 18 digits wide and shift the row."""
+    if value is None:
+        return " " * 10 + "-"
+    return format(value, "11.2f" if value < DOSE_FIXED_BELOW_MIN else "11.2e")
+
+
 def _bar(fraction: float) -> str:
     filled = max(0, min(BAR_CELLS, round(fraction * BAR_CELLS)))
     return "[" + "#" * filled + "." * (BAR_CELLS - filled) + "]"
@@ -216,7 +225,7 @@ def render(view: View, *, now_s: float) -> str:
         dose_limit = p.get("max_cem43_min") if p.get("max_cem43_min") is not None else p.get("lethal_cem43_min")
         lines.append(
             f"p{p['channel']:<5}{p.get('role') or '-':<10}{_num(p.get('temp_c'), '8.2f', '    ----')}{_num(p.get('max_temp_c'), '9.1f', '        -')}"
-            f"{_num(p.get('cem43_min'), '11.2f', '          -')}{_num(dose_limit, '8.1f', '       -')}"
+            f"{_dose(p.get('cem43_min'))}{_num(dose_limit, '8.1f', '       -')}"
             + (" lethal" if p.get("lethal_cem43_min") is not None and p.get("max_cem43_min") is None else "")
             + ("  !!" if over else "")
         )

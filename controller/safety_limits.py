@@ -33,6 +33,7 @@ def device_limits(config: DaemonConfig) -> SafetyLimits:
         energy_crosscheck_tolerance_j=lim.energy_crosscheck_tolerance_j,
         energy_crosscheck_tolerance_fraction=lim.energy_crosscheck_tolerance_fraction,
         probe_range_c=ft8.MEASURING_RANGE_C,
+        max_cycle_overrun_s=lim.max_cycle_overrun_ms / 1000.0,
     )
 
 

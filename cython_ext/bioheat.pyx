@@ -8,17 +8,20 @@ plane i of step l is computed as soon as planes i-1..i+1 of step l-1 exist, the 
 live in a ring of 3 planes per step, so the big arrays are read and written once per call instead
 of once per step.
 
-Tiles. The rows (j) are cut into tiles (one tile when one thread runs); a tile sweeps all planes
-through all steps with its own ring. A tile's rows slide by one row per step ("skewed"), so the
-next tile of the same thread needs only two rows per step and plane from it, which it leaves in a
-halo store. Where tiles of two threads meet, the tile that may run at the same time as its
+Tiles. The rows (j) are cut into tiles (one per thread with one or two threads); a tile sweeps
+all planes through all steps with its own ring. A tile's rows slide by one row per step
+("skewed"), so the next tile of the same thread needs only two rows per step and plane from it,
+which it leaves in a halo store. Where tiles of two threads meet, the tile that may run at the same time as its
 neighbour computes the rows it needs itself (the dependence cone: one more row per step further
 from its output rows), so threads never wait for each other inside a call.
 
-Threads. Each pair of threads shares a band of rows: one takes tiles from the bottom, the other
-from the top, claimed one at a time, and the one that finds the gap small takes the rest. A thread
-that gets less CPU (another program on its core) simply claims fewer tiles; the only
-synchronisation is the end of the call. With an odd thread count the last band has one thread.
+Threads. Two threads with a `split`: thread 0 takes the rows below it, thread 1 the rest, one
+tile each (the caller balances the split from the per-thread times the call returns; `pin` keeps
+each thread on its own CPU for the call, so the slow one stays the same). Otherwise
+each pair of threads shares a band of rows: one takes tiles from the bottom, the other from the
+top, claimed one at a time, and the one that finds the gap small takes the rest, so a thread that
+gets less CPU claims fewer tiles; with an odd thread count the last band has one thread. Either
+way the only synchronisation is the end of the call.
 
 Each (step, voxel) is counted exactly once in the loss totals, whatever thread or tile computed it
 (recomputed cone rows are not counted), and every voxel gets the same arithmetic whatever the
@@ -298,6 +301,29 @@ cdef extern from *:
         return 0;
     }
 
+    #include <time.h>
+    #if defined(__linux__)
+    #include <sched.h>
+    /* Pin the calling thread to one CPU (keeping its mask in *saved); 0 if that failed. */
+    static int lh_pin(int cpu, cpu_set_t* saved) {
+        cpu_set_t one;
+        if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof(*saved), saved) != 0) return 0;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        return sched_setaffinity(0, sizeof(one), &one) == 0;
+    }
+    static void lh_unpin(const cpu_set_t* saved) { sched_setaffinity(0, sizeof(*saved), saved); }
+    #else
+    typedef int cpu_set_t;
+    static int lh_pin(int cpu, cpu_set_t* saved) { (void)cpu; (void)saved; return 0; }
+    static void lh_unpin(const cpu_set_t* saved) { (void)saved; }
+    #endif
+    static double lh_now(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    }
+
     /* A band of rows shared by (up to) two threads: role 0 takes tiles from the bottom (lo), role 1
        from the top (hi). Edge kinds at the frontiers: 0 the grid edge, 1 a band edge, 2 an edge left
        by that side's own chain of tiles. */
@@ -365,6 +391,11 @@ cdef extern from *:
         LH_U_GRID, LH_U_HALO, LH_U_CONE, LH_U_AHEAD
     int lh_claim(lh_band* b, int role, Py_ssize_t width, Py_ssize_t last,
                  Py_ssize_t* b0, int* k0, int* save0, Py_ssize_t* b1, int* k1, int* save1) noexcept nogil
+    double lh_now() noexcept nogil
+    ctypedef struct cpu_set_t:
+        pass
+    int lh_pin(int cpu, cpu_set_t* saved) noexcept nogil
+    void lh_unpin(const cpu_set_t* saved) noexcept nogil
 
 CEM_CAP_C = 300.0  # CEM43 means nothing this hot; the cap keeps R**(43-T) finite (lh_damage)
 # Rows per tile with several threads: a quarter of the rows, at least MIN_TILE_ROWS (more tiles
@@ -611,7 +642,7 @@ def _layout(Py_ssize_t ny, Py_ssize_t steps, int threads, Py_ssize_t tile):
     if bands > 1:  # a top tile under a band edge loses a row per step at both edges
         tile = max(tile, 2 * steps)
         last = max(last, tile + tile // 2)
-    ring_rows = min(ny, last + 4 * steps) + 6
+    ring_rows = ny + 6  # any tile, up to the whole grid (one thread, or a split)
     return bands, threads, tile, last, ring_rows
 
 
@@ -632,7 +663,8 @@ def sweep(double[:, :, ::1] t_in, double[:, :, ::1] t_out, double[:, :, :, ::1] 
           double[:, :, ::1] omega, double[:, :, ::1] cem43_min, double[:, :, ::1] peak_c,
           *, int steps, double a, double dt_s, double body_c,
           double arrhenius_min_c, double cem_min_c, double ln_a, double ea_over_r,
-          double coagulated_omega=1.0, int threads=1, int tile_rows=0):
+          double coagulated_omega=1.0, int threads=1, int tile_rows=0, double split=0.0,
+          double[::1] thread_seconds=None, pin=None):
     """Advance t_in by `steps` steps of dt_s into t_out; returns the losses over the call.
 
     a = alpha * dt_s / dx^2 (stable for 6a + dt_s*max(perfusion) <= 1); heat_k_s is the light
@@ -640,6 +672,13 @@ def sweep(double[:, :, ::1] t_in, double[:, :, ::1] t_out, double[:, :, :, ::1] 
     where Omega reaches coagulated_omega. Vessel voxels are held at body_c. ring is workspace of
     shape (>= steps-1, 3, ny+2, nz+2); the call runs in it when it is C-contiguous and at least
     workspace_shape(...) big, else in memory of its own. tile_rows: rows per tile (0: see _layout).
+
+    split (0 < split < 1, two threads): instead of claiming tiles, thread 0 takes the rows below
+    split * ny and thread 1 the rest (one tile each: no halos, one cone), so a caller that knows
+    how fast each thread runs now can balance them. thread_seconds, if given (length >= threads),
+    receives each thread's wall seconds in the call (0 for a thread that did nothing). pin: two
+    CPU numbers; with split, thread t runs on pin[t] during the call (so the thread that shares
+    a core with another program stays the same one and the split can follow it).
 
     Returns (perfusion_k, vessel_k, boundary_k, newly_coagulated): the heat carried off by
     perfusion, taken by the vessels and lost through the boundary, each as the sum over voxels
@@ -745,18 +784,55 @@ def sweep(double[:, :, ::1] t_in, double[:, :, ::1] t_out, double[:, :, :, ::1] 
     cdef int k0, k1, s0, s1
     tid = role = k0 = k1 = s0 = s1 = 0
     b0 = b1 = 0
+    # two threads, one tile each, split where the caller says (it balances them from thread_seconds)
+    cdef Py_ssize_t cut = <Py_ssize_t> (split * ny + 0.5)
+    cdef int halves = n_used == 2 and n_bands == 1 and 0.0 < split < 1.0 and 0 < cut < ny
+    cdef double[2] halves_done
+    cdef double[16] seconds
+    cdef double started
+    cdef int[2] pin_to
+    cdef int pinned = 0
+    cdef cpu_set_t[2] saved  # each pinned thread's own CPU mask, restored after its tile
+    pin_to[0] = pin_to[1] = -1
+    if halves and pin is not None and len(pin) >= 2:
+        pin_to[0], pin_to[1] = int(pin[0]), int(pin[1])
+    halves_done[0] = halves_done[1] = 0.0
+    started = 0.0
+    for t in range(16):
+        seconds[t] = 0.0
     try:
         with nogil, parallel(num_threads=n_used):
             tid = threadid()
             role = tid % 2
             b0 = b1 = 0
             k0 = k1 = s0 = s1 = 0
-            if tid < n_used:
+            started = lh_now()
+            pinned = 0
+            if halves and tid < 2:
+                pinned = lh_pin(pin_to[tid], &saved[tid])
+                workers[tid].save_lo = workers[tid].save_hi = 0
+                if tid == 0 and _geometry(&c, &workers[0], 0, LH_L_GRID, cut, LH_U_AHEAD):
+                    _run_tile(&c, &workers[0])
+                if tid == 1 and _geometry(&c, &workers[1], cut, LH_L_CONE, ny, LH_U_GRID):
+                    _run_tile(&c, &workers[1])
+                halves_done[tid] = 1.0
+                if pinned:
+                    lh_unpin(&saved[tid])
+            elif tid < n_used:
                 while lh_claim(&bands[tid // 2], role, width, last_rows, &b0, &k0, &s0, &b1, &k1, &s1):
                     workers[tid].save_lo = s0
                     workers[tid].save_hi = s1
                     if _geometry(&c, &workers[tid], b0, k0, b1, k1):
                         _run_tile(&c, &workers[tid])
+            if tid < 16:
+                seconds[tid] = lh_now() - started
+        if halves:  # a half whose thread never started (OpenMP gave fewer): do it here
+            if halves_done[0] == 0.0 and _geometry(&c, &workers[0], 0, LH_L_GRID, cut, LH_U_AHEAD):
+                _run_tile(&c, &workers[0])
+            if halves_done[1] == 0.0 and _geometry(&c, &workers[1], cut, LH_L_CONE, ny, LH_U_GRID):
+                _run_tile(&c, &workers[1])
+            for t in range(n_bands):
+                bands[t].done = 1
         # bands whose threads never started (OpenMP gave fewer): finish them here
         for t in range(n_bands):
             while lh_claim(&bands[t], 0, width, last_rows, &b0, &k0, &s0, &b1, &k1, &s1):
@@ -774,6 +850,9 @@ def sweep(double[:, :, ::1] t_in, double[:, :, ::1] t_out, double[:, :, :, ::1] 
     finally:
         free(workers)
         free(bands)
+    if thread_seconds is not None:
+        for t in range(thread_seconds.shape[0]):
+            thread_seconds[t] = seconds[t] if t < n_used and t < 16 else 0.0
     if error:
         raise RuntimeError(f"bioheat tiling error {error} (a bug): grid {(nx, ny, nz)}, steps {steps}, threads {threads}")
     # perfusion stops where the call coagulated the tissue (after all steps, as in the numpy twin)

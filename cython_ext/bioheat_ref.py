@@ -6,6 +6,8 @@ threads. The tests hold the compiled kernel to it; the benchmark measures the tw
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 KELVIN = 273.15
@@ -36,9 +38,15 @@ def sweep(
     ea_over_r: float,
     coagulated_omega: float = 1.0,
     threads: int = 1,
+    tile_rows: int = 0,
+    split: float = 0.0,
+    thread_seconds: np.ndarray | None = None,
+    pin: tuple[int, ...] | None = None,
 ) -> tuple[float, float, float, int]:
-    """Same contract as cython_ext.bioheat.sweep (ring, vessel_rows and threads are unused)."""
-    del ring, vessel_rows, threads
+    """Same contract as cython_ext.bioheat.sweep (ring, vessel_rows, threads, tile_rows, split and
+    pin are unused; thread_seconds gets the call's wall time as thread 0's)."""
+    del ring, vessel_rows, threads, tile_rows, split, pin
+    started = time.perf_counter()
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     t = t_in.copy()
@@ -75,4 +83,7 @@ def sweep(
     newly = damaging & (omega >= coagulated_omega) & (perfusion_1_s != 0.0)
     perfusion_1_s[newly] = 0.0
     t_out[inner] = new
+    if thread_seconds is not None:
+        thread_seconds[:] = 0.0
+        thread_seconds[0] = time.perf_counter() - started
     return perf_k, vessel_k, boundary_k, int(newly.sum())

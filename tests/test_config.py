@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import toml_text
 from controller.config import RtuBus, TcpBus, load_config, parse_config, rtu_cycle_wire_ms
+from controller.safety_limits import device_limits
 from controller.settings import ConfigError, PlanError, SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ TCP_BASE: dict[str, Any] = {
         "ls4": {"bus": "main", "unit_id": 1, "watchdog_timeout_ms": 500},
         "ft8": {"bus": "main", "unit_id": 2, "sample_period_ms": 50},
     },
-    "limits": dict(LIMITS),
+    "limits": {**LIMITS, "max_cycle_overrun_ms": 150},
     "journal": {"path": "run/journal.sqlite"},
     "socket": {"path": "run/laserd.sock", "mode": 0o660, "group": "laser"},
     "mqtt": {
@@ -98,6 +99,7 @@ INT_RANGES = {
     "bus.main.reconnect_after_failures": (1, 100),
     "devices.ls4.unit_id": (1, 247),
     "devices.ls4.watchdog_timeout_ms": (50, 2000),
+    "limits.max_cycle_overrun_ms": (20, 250),
     "devices.ft8.unit_id": (1, 247),
     "devices.ft8.sample_period_ms": (10, 1000),
     "limits.max_session_duration_s": (60, 14400),
@@ -220,7 +222,7 @@ def test_full_base_loads_with_every_value(base: str) -> None:
 
 def test_minimal_config_takes_the_documented_defaults() -> None:
     table = copy.deepcopy(TCP_BASE)
-    for path in ("control_period_ms", "bus.main.port", "bus.main.request_timeout_ms", "bus.main.reconnect_after_failures", "devices.ls4.unit_id", "devices.ls4.watchdog_timeout_ms", "devices.ft8.unit_id", "devices.ft8.sample_period_ms", "socket.mode", "socket.group"):
+    for path in ("control_period_ms", "bus.main.port", "bus.main.request_timeout_ms", "bus.main.reconnect_after_failures", "devices.ls4.unit_id", "devices.ls4.watchdog_timeout_ms", "devices.ft8.unit_id", "devices.ft8.sample_period_ms", "socket.mode", "socket.group", "limits.max_cycle_overrun_ms"):
         drop_in(table, path)
     del table["mqtt"], table["logging"]
     cfg = load_text(table)
@@ -230,6 +232,16 @@ def test_minimal_config_takes_the_documented_defaults() -> None:
     assert cfg.socket.mode == 0o660 and cfg.socket.group is None
     assert not cfg.mqtt.enabled and not cfg.mqtt.command_topic_enabled and cfg.mqtt.telemetry_hz == 5.0
     assert cfg.mqtt.port == 1883 and cfg.log_level == "info"
+    assert cfg.limits.max_cycle_overrun_ms == 150 and device_limits(cfg).max_cycle_overrun_s == 0.15
+
+
+def test_the_cycle_overrun_bound_reaches_the_safety_layer() -> None:
+    table = mutated("tcp", "control_period_ms", 250)
+    set_in(table, "devices.ls4.watchdog_timeout_ms", 2000)
+    set_in(table, "limits.power_tolerance_persist_ms", 250)
+    set_in(table, "limits.max_cycle_overrun_ms", 250)
+    set_in(table, "mqtt.telemetry_hz", 2.0)
+    assert device_limits(load_text(table)).max_cycle_overrun_s == 0.25
 
 
 def test_rtu_defaults_are_the_datasheet_serial_settings() -> None:
@@ -335,6 +347,7 @@ CROSS_BREAKS: list[tuple[str, dict[str, Any], str]] = [
     ("rtu", {"bus.rs485.device": "ttyUSB0"}, "bus.rs485.device"),
     ("tcp", {"devices.ft8.sample_period_ms": 200}, "devices.ft8.sample_period_ms"),
     ("tcp", {"limits.probe_stale_ms": 150}, "limits.probe_stale_ms"),
+    ("tcp", {"limits.max_cycle_overrun_ms": 200, "devices.ls4.watchdog_timeout_ms": 300}, "limits.max_cycle_overrun_ms"),
     ("tcp", {"control_period_ms": 150, "limits.power_tolerance_persist_ms": 120}, "limits.power_tolerance_persist_ms"),
     ("tcp", {"mqtt.telemetry_hz": 20.0}, "mqtt.telemetry_hz"),
     ("tcp", {"socket.mode": 0o666}, "socket.mode"),

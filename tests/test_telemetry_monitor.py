@@ -107,6 +107,14 @@ def test_a_frame_shows_fibres_against_budget_probes_against_limits_and_freshness
     assert "probe p5 dose 6.5 >= limit 5.0 CEM43 min" in frame
 
 
+def test_a_tip_probe_dose_of_1e15_minutes_keeps_the_probe_row_aligned() -> None:
+    session = dataclasses.replace(SESSION, cem43_min={0: 3.2e15, 5: 6.5})
+    frame = render(feed(View(), [("status", online()), ("telemetry", telemetry(0, session=session))], at_s=100.0), now_s=100.1)
+    rows = {line[:6].strip(): line for line in frame.splitlines() if line.startswith(("probe ", "p0 ", "p5 "))}
+    assert "p0    tip          60.00     95.0   3.20e+15       -" in frame
+    assert len(rows["p0"].rstrip()) == len(rows["probe"].rstrip())  # the limit column stays under its heading
+
+
 def test_alarms_trip_fault_link_offline_stale_and_lost_events() -> None:
     trip = Finding(rule="tip_temp_cap", severity=Severity.HARD, message="tip probe 0 at 96 degC", channel=0)
     ls4 = dataclasses.replace(LS4Snapshot.from_words([0] * LS4.INPUT_COUNT), device_state=DeviceState.FAULT, fault_code=FaultCode.ESTOP, fault_channel=None)

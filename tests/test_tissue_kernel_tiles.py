@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -46,8 +47,8 @@ def _run(kernel, fields, *, steps: int, workspace: bool = False, **kw):
     else:
         ring = np.full((max(steps - 1, 1), 3, ny + 2, nz + 2), 37.0)
     if kernel is reference:
-        args.pop("threads", None)
-        args.pop("tile_rows", None)
+        for name in ("threads", "tile_rows", "split", "pin"):
+            args.pop(name, None)
     totals = kernel.sweep(t, out, ring, heat, mutable[0], vessel, rows, mutable[1], mutable[2], mutable[3], **args)
     return out, mutable, totals
 
@@ -84,10 +85,11 @@ def simd_build(request):
     t_max=st.sampled_from([40.0, 60.0, 300.0]),
     vessel_fraction=st.sampled_from([0.0, 0.1, 0.5]),
     workspace=st.booleans(),
+    split=st.sampled_from([0.0, 0.05, 0.3, 0.5, 0.8, 0.99]),
 )
-def test_tall_grids_many_threads_equal_the_reference(seed, shape, steps, threads, tile_rows, t_max, vessel_fraction, workspace) -> None:
+def test_tall_grids_many_threads_equal_the_reference(seed, shape, steps, threads, tile_rows, t_max, vessel_fraction, workspace, split) -> None:
     fields = _fields(seed, shape, t_max=t_max, vessel_fraction=vessel_fraction)
-    got = _run(compiled, fields, steps=steps, threads=threads, tile_rows=tile_rows, workspace=workspace)
+    got = _run(compiled, fields, steps=steps, threads=threads, tile_rows=tile_rows, workspace=workspace, split=split)
     _assert_close(got, _run(reference, fields, steps=steps))
 
 
@@ -98,11 +100,11 @@ def test_both_simd_builds_equal_the_reference(simd_build) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
-@pytest.mark.parametrize("tile_rows", [2, 7, 16])
-def test_tiles_and_threads_do_not_change_a_single_temperature(threads: int, tile_rows: int) -> None:
+@pytest.mark.parametrize(("tile_rows", "split"), [(2, 0.0), (7, 0.0), (16, 0.0), (0, 0.2), (0, 0.5), (0, 0.9)])
+def test_tiles_and_threads_do_not_change_a_single_temperature(threads: int, tile_rows: int, split: float) -> None:
     fields = _fields(11, (7, 96, 9), t_max=80.0, vessel_fraction=0.05)
     one = _run(compiled, fields, steps=8, threads=1, tile_rows=64)
-    other = _run(compiled, fields, steps=8, threads=threads, tile_rows=tile_rows)
+    other = _run(compiled, fields, steps=8, threads=threads, tile_rows=tile_rows, split=split)
     np.testing.assert_array_equal(other[0], one[0])
     for a, b in zip(other[1], one[1]):
         np.testing.assert_array_equal(a, b)
@@ -117,6 +119,34 @@ def test_exponents_beyond_the_fast_range_fall_back_to_libm() -> None:
     want = _run(reference, fields, steps=3, **kw)
     _assert_close(got, want)
     assert np.isfinite(got[1][1]).all() and got[1][1].max() > 1e300
+
+
+def test_each_thread_reports_its_time_and_the_split_rows_go_to_thread_0() -> None:
+    fields = _fields(4, (40, 64, 40), t_max=45.0, vessel_fraction=0.0)
+    t, heat, perf, vessel, rows, omega, cem, peak = fields
+    seconds = np.full(3, -1.0)
+    kw = dict(steps=8, a=0.15, dt_s=0.3, body_c=37.0, arrhenius_min_c=43.0, cem_min_c=39.0, ln_a=LN_A, ea_over_r=EA_OVER_R)
+    ring = np.full(compiled.workspace_shape(heat.shape, 8, 2), 37.0)
+    lopsided = []
+    for split in (0.15, 0.85):
+        compiled.sweep(t, np.full_like(t, 37.0), ring, heat, perf.copy(), vessel, rows, omega.copy(), cem.copy(), peak.copy(),
+                       threads=2, split=split, thread_seconds=seconds, **kw)  # fmt: skip
+        assert seconds[0] > 0 and seconds[1] > 0 and seconds[2] == 0.0
+        lopsided.append(seconds[0] / seconds[1])
+    assert lopsided[1] > lopsided[0]  # more rows, more time (with a wide margin: 15 % vs 85 % of the rows)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_pinned_halves_give_the_same_result_and_the_caller_keeps_its_cpus() -> None:
+    fields = _fields(9, (9, 50, 10), t_max=70.0, vessel_fraction=0.1)
+    cpus = os.sched_getaffinity(0)
+    pin = tuple(sorted(cpus)[:2])
+    for split in (0.3, 0.7):
+        got = _run(compiled, fields, steps=8, threads=2, split=split, pin=pin)
+        assert os.sched_getaffinity(0) == cpus
+        _assert_close(got, _run(reference, fields, steps=8))
+    _run(compiled, fields, steps=8, threads=2, split=0.5, pin=(10**6, -1))  # CPUs that do not exist: runs unpinned
+    assert os.sched_getaffinity(0) == cpus
 
 
 def test_the_workspace_shape_holds_the_threads_it_was_made_for() -> None:
@@ -150,3 +180,13 @@ def test_the_thread_chooser_drops_to_one_thread_only_when_that_is_faster() -> No
     assert chooser.current == 2
     single = ThreadChooser(1)
     assert {single.next() for _ in range(3 * PROBE_EVERY)} == {1}
+
+
+def test_the_split_moves_rows_to_the_thread_that_has_a_core() -> None:
+    chooser = ThreadChooser(2)
+    for _ in range(20):  # thread 1 runs at half speed: at split s, times s / 1 and (1 - s) / 0.5
+        s = chooser.split_for(2)
+        chooser.thread_seconds[:] = (s / 1.0, (1.0 - s) / 0.5)
+        chooser.record(2, 1.0, 10**6)
+    assert chooser.split == pytest.approx(2.0 / 3.0, abs=0.01)
+    assert chooser.split_for(1) == 0.0

@@ -251,7 +251,8 @@ class TissueModel:
                 arrhenius_min_c=props.arrhenius_min_temp_c, cem_min_c=props.cem_min_temp_c,
                 ln_a=math.log(props.arrhenius_a_1_s), ea_over_r=props.arrhenius_ea_over_r_k,
                 coagulated_omega=1.0 if props.perfusion_stops_when_coagulated else math.inf,
-                threads=threads,
+                threads=threads, split=self._chooser.split_for(threads), thread_seconds=self._chooser.thread_seconds,
+                pin=self._chooser.pin,
             )  # fmt: skip
             self._chooser.record(threads, time.perf_counter() - started, m * self.grid.voxel_count)
             self._t, self._t_next = self._t_next, self._t
