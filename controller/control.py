@@ -27,15 +27,23 @@ on another probe and SHAPED need the identified model: the controller runs the i
 (a short low-power run, controller/tune.py) at the start of emission when no model is installed,
 then switches to closed loop bumplessly. `take_tune_result()` hands the result to the session for
 the journal.
+
+Fits run off the event loop: the tune's fit (the model, then a FOPDT per pair for the gains and the
+journal record: tens to hundreds of milliseconds) and SHAPED's online refits go to the controller's
+one fit worker (a thread) on a snapshot of the record; `step()` never waits for one, and installs
+the result on the first cycle after it is done. Until the tune's model is installed (phase
+"fitting") every fibre is proposed 0 W, as in the tune's tail. `close()` ends the worker.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -93,8 +101,20 @@ MPC_BLOCKS_S = ((0, 4), (4, 12), (12, 40), (40, 150), (150, 600))  # power held 
 MPC_ITERATIONS = 200
 # Margin probes are driven toward this temperature (CEM43 of 240 min in about 30 s there).
 MARGIN_GOAL_C = 52.0
-# Tips are kept this far below the cap in the plan (the limiter, TIP_LIMIT_MARGIN_C, is the backstop).
-SHAPED_TIP_MARGIN_C = 6.5
+# Tips are planned this far below the cap, inside the safety layer's back-off band (5 degC by
+# default) where that law still allows more than a tip-limited fibre needs (2 W per degC under the
+# cap at 10 W full scale; a bare tip in liver holds its probe there with 1.6-2 W). Delivery is
+# tip-limited, so a plan further down (6.5 degC until 2026-11) delivered 15-25 % less per hour.
+SHAPED_TIP_MARGIN_C = 2.0
+# SHAPED's tip limiters (the 10 Hz backstop under the plan) cut at cap - this, 1.5 degC under the
+# cap's trip, above the plan so that they act only when a tip runs hotter than planned.
+SHAPED_TIP_LIMIT_MARGIN_C = 1.5
+# ... and track the applied power slowly (back-calculation 1.2 / Ti instead of 3 / Ti): a limiter
+# that is not selected then sits about kp e above the applied power, so it binds within a few
+# degrees of its limit even while the tip rises at 1 degC/s (with 3 / Ti it bound 15-20 degC
+# early on every rise after a tune, starving the fibre), still following the applied power
+# within a Ti when it takes over.
+SHAPED_LIMITER_TRACKING_PER_TI = 1.2
 # Protected probes: kept this far below their limit, more once their thermal dose grows (CEM43
 # doubles per degC above 43: a degree lower halves the dose rate).
 PROTECTED_MARGIN_C = 4.0
@@ -142,11 +162,11 @@ class Loop:
 class ControlStatus:
     """For telemetry, the journal and tests."""
 
-    phase: str  # "waiting", "tuning", "closed_loop"
+    phase: str  # "waiting", "tuning", "fitting" (the tune's model, in the fit worker), "closed_loop"
     output_w: tuple[float, ...]
     requests_w: tuple[float, ...]
     model_source: str | None
-    tune_progress: float | None  # 0..1 while tuning
+    tune_progress: float | None  # 0..1 while tuning (1 while fitting)
     planner_cost: float | None
     predicted_c: dict[int, tuple[float, ...]]  # probe -> prediction at MPC_POINTS_S (SHAPED)
 
@@ -170,8 +190,26 @@ def needs_model(plan: Plan) -> bool:
     return False
 
 
+def _fit_tune(run: IdentificationRun, control_probes: Mapping[int, int], pairs: Sequence[tuple[int, int]]) -> TuneResult:
+    """In the fit worker: the tune's result, and every FOPDT and table that installing the model
+    (the loops' gains for `pairs`, (probe, fibre)) and journaling it need."""
+    result = run.result(control_probes=control_probes)
+    result.model.precompute(pairs)
+    return result
+
+
+def _refit(history: History, prior: ThermalModel | None) -> ThermalModel | None:
+    """In the fit worker: SHAPED's online refit (None if the data cannot make one: keep the model)."""
+    try:
+        model = fit_model(history, source="online", prior=prior)
+    except (TuneError, np.linalg.LinAlgError):
+        return None
+    _ = model.step_table  # the planner's table, computed here rather than in the cycle
+    return model
+
+
 class FibreController:
-    """One per session. `step()` once per control cycle."""
+    """One per session. `step()` once per control cycle; `close()` when the session ends."""
 
     def __init__(
         self,
@@ -212,10 +250,49 @@ class FibreController:
         self._next_refit_s: float | None = None
         self._auto_tune = auto_tune
         self._shaped = any(f.mode is FibreMode.SHAPED for f in plan.fibres)
+        # the fit worker (created on first use) and what it is doing for us
+        self._executor: ThreadPoolExecutor | None = None
+        self.tune_fit: Future[TuneResult] | None = None  # the finished tune's fit, until installed
+        self.refit: Future[ThermalModel | None] | None = None  # SHAPED's online refit, until installed
         if model is not None:
             self.set_model(model)
         elif not needs_model(plan):
             self._build_loops(None)
+
+    # --- the fit worker ------------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="laserd-fit")
+        return self._executor.submit(fn, *args)
+
+    def _drop_fits(self) -> None:
+        """Forget pending fits (a result that is still computed is thrown away)."""
+        for fut in (self.tune_fit, self.refit):
+            if fut is not None:
+                fut.cancel()
+        self.tune_fit = self.refit = None
+
+    def close(self) -> None:
+        """End the fit worker (the session is over). Does not wait for a fit in progress: it is
+        thrown away. The controller may still be stepped: a later fit starts a new worker."""
+        self._drop_fits()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    @property
+    def tune_pending(self) -> bool:
+        """A tune is running, or its model is being fitted."""
+        return self.tune is not None or self.tune_fit is not None
+
+    def wait_fits(self, timeout: float | None = 60.0) -> None:
+        """Block until the pending fits are done (installed by the next step()). Never in laserd:
+        for runs on a frozen device clock (tests/control_rig.py), where a fit, like everything
+        else, takes no device time, so that a run does not depend on the machine's speed."""
+        pending = [fut for fut in (self.tune_fit, self.refit) if fut is not None]
+        if pending:
+            wait(pending, timeout=timeout)
 
     # --- configuration ----------------------------------------------------------------------------
 
@@ -256,14 +333,18 @@ class FibreController:
             for tp in tips:
                 if f.mode is FibreMode.TEMPERATURE and tp == f.control_probe:
                     continue  # the control loop itself holds this tip, below the cap by the plan's rule
-                loops.append(Loop(index=len(loops), fibre=f.channel, probe=tp, role="tip_limit", target_c=cap - TIP_LIMIT_MARGIN_C, gains=self._gains(model, probe=tp, fibre=f.channel)))
+                limit_margin = SHAPED_TIP_LIMIT_MARGIN_C if f.mode is FibreMode.SHAPED else TIP_LIMIT_MARGIN_C
+                loops.append(Loop(index=len(loops), fibre=f.channel, probe=tp, role="tip_limit", target_c=cap - limit_margin, gains=self._gains(model, probe=tp, fibre=f.channel)))
         if len(loops) > 2 * N_CHANNELS:
             raise ControlError(f"{len(loops)} loops: at most {2 * N_CHANNELS} (one control loop and one tip limiter per fibre)")
         k = self._loops_kernel
         for loop in loops:
             g = loop.gains
             control = loop.role == "control"  # a limit is a limit at once: no trajectory
-            k.set_loop(loop.index, loop.fibre, loop.probe, g.kp_w_per_c, g.ki, g.kd, g.tau_d_s, g.kaw_1_per_s, REF_RATE_C_PER_S if control else math.inf, REF_TAU_S if control else 0.0)
+            kaw = g.kaw_1_per_s
+            if not control and self.plan.fibre(loop.fibre).mode is FibreMode.SHAPED:
+                kaw = SHAPED_LIMITER_TRACKING_PER_TI / g.ti_s  # see SHAPED_LIMITER_TRACKING_PER_TI
+            k.set_loop(loop.index, loop.fibre, loop.probe, g.kp_w_per_c, g.ki, g.kd, g.tau_d_s, kaw, REF_RATE_C_PER_S if control else math.inf, REF_TAU_S if control else 0.0)
             k.set_target(loop.index, loop.target_c)
         for idx in range(len(loops), 2 * N_CHANNELS):
             k.set_loop(idx, -1, 0, 0.0, 0.0, 0.0, 1.0, 0.0, math.inf, 0.0)
@@ -278,6 +359,7 @@ class FibreController:
         self.prior = None
         self.planner = None
         self.tune = None
+        self._drop_fits()  # a fit of the old position's record is of no use any more
         self.tune_error = None
         self.history = History(fibres=self.fibres, probes=self.probes)
         self._next_plan_s = self._next_refit_s = None
@@ -309,6 +391,11 @@ class FibreController:
         and installed and closed loop continues from the power applied then."""
         if self.tune is not None:
             raise ControlError("a tune is already running")
+        if self.tune_fit is not None:
+            raise ControlError("the last tune's model is still being fitted")
+        if self.refit is not None:  # of the record before this tune: its model must not replace the tune's
+            self.refit.cancel()
+            self.refit = None
         self.tune = IdentificationRun(
             fibres=self.fibres,
             probes=self.probes,
@@ -336,20 +423,52 @@ class FibreController:
                 out[f.channel] = self.tips[f.channel][0]
         return out
 
+    def _gain_pairs(self) -> list[tuple[int, int]]:
+        """(probe, fibre) of every loop _build_loops may make: their FOPDTs are fitted in the worker."""
+        pairs = []
+        for f in self.plan.fibres:
+            if f.mode is FibreMode.TEMPERATURE and f.control_probe is not None:
+                pairs.append((f.control_probe, f.channel))
+            if f.mode is not FibreMode.FIXED_POWER:
+                pairs.extend((tp, f.channel) for tp in self.tips.get(f.channel, ()))
+        return pairs
+
     def _finish_tune(self) -> None:
+        """The run is over: its fit goes to the worker, on a snapshot of the record (which goes on
+        recording), and this cycle returns at once. Until the model is installed (_install_fits)
+        every fibre stays at the 0 W of the tune's tail: nothing is proposed without a model, and
+        0 W is what the safety layer, the only writer, can always accept."""
         assert self.tune is not None
         run, self.tune = self.tune, None
-        try:
-            result = run.result(control_probes=self.control_probes())
-        except (TuneError, np.linalg.LinAlgError) as err:
-            self.tune_error = str(err)
-            self.phase = "waiting"
-            self._apply_modes(force=True)
-            return
-        self._tune_result = result
-        self.set_model(result.model)
-        self.phase = "closed_loop"
-        self._apply_modes(force=True)
+        run.history = run.history.snapshot()
+        self.tune_fit = self._submit(_fit_tune, run, self.control_probes(), self._gain_pairs())
+        self.phase = "fitting"
+        for f in self.fibres:
+            self._requests[f] = 0.0
+
+    def _install_fits(self) -> None:
+        """The first cycle after the worker is done with a fit installs its result."""
+        fut = self.tune_fit
+        if fut is not None and fut.done():
+            self.tune_fit = None
+            try:
+                result = fut.result()
+            except (TuneError, np.linalg.LinAlgError) as err:
+                self.tune_error = str(err)
+                self.phase = "waiting"
+                self._apply_modes(force=True)
+            else:
+                self._tune_result = result
+                self.set_model(result.model)
+                self.phase = "closed_loop"
+                self._apply_modes(force=True)
+        fut = self.refit
+        if fut is not None and fut.done():
+            self.refit = None
+            model = fut.result()
+            if model is not None and self.planner is not None and not self.tune_pending:
+                self.model = model
+                self.planner.set_model(model)
 
     # --- modes -----------------------------------------------------------------------------------------
 
@@ -359,7 +478,7 @@ class FibreController:
             return mod.OFF
         if not self._emitting:
             return mod.HOLD
-        if self.tune is not None:
+        if self.tune_pending:
             return mod.PASS
         fibre = self.plan.fibre(fibre_channel)
         if fibre.mode is FibreMode.FIXED_POWER:
@@ -400,7 +519,8 @@ class FibreController:
         output_w = [o / 1000.0 for o in ls4.output_power_mw] if ls4 is not None else [0.0] * N_CHANNELS
         changed = emitting != self._emitting or stopped != self._stopped
         self._emitting, self._stopped = emitting, frozenset(stopped)
-        if self.tune is None and self._auto_tune and not self.ready and self.tune_error is None and emitting:
+        self._install_fits()
+        if not self.tune_pending and self._auto_tune and not self.ready and self.tune_error is None and emitting:
             self.start_tune()
         elif changed:
             self._apply_modes()
@@ -413,14 +533,14 @@ class FibreController:
                 self._finish_tune()
         else:
             bins = self.history.add(now_s=now_s, power_w=output_w, temperature_c=self._temps)
-            if self.loops:
+            if self.loops and self.tune_fit is None:
                 self.phase = "closed_loop"
         for f in self.plan.fibres:
-            if f.mode is FibreMode.FIXED_POWER and self.tune is None:
+            if f.mode is FibreMode.FIXED_POWER and not self.tune_pending:
                 self._requests[f.channel] = min(f.power_w or 0.0, f.max_power_w)
-            elif f.mode is FibreMode.TEMPERATURE and self.tune is None:
+            elif f.mode is FibreMode.TEMPERATURE and not self.tune_pending:
                 self._requests[f.channel] = f.max_power_w
-        if self.planner is not None and self.tune is None and emitting:
+        if self.planner is not None and not self.tune_pending and emitting:
             self._plan_shaped(now_s=now_s, bins=bins, applied=applied, cem43_min=cem43_min or {})
         k = self._loops_kernel
         for f in self.fibres:
@@ -434,15 +554,11 @@ class FibreController:
         assert planner is not None
         if self._next_refit_s is None:
             self._next_refit_s = now_s + MPC_REFIT_PERIOD_S
-        if now_s >= self._next_refit_s and self.history.fit_start is not None:
+        if now_s >= self._next_refit_s and self.history.fit_start is not None and self.refit is None:
             self._next_refit_s = now_s + MPC_REFIT_PERIOD_S
-            try:
-                model = fit_model(self.history, source="online", prior=self.prior)
-            except (TuneError, np.linalg.LinAlgError):
-                model = None  # keep the model we have: a refit is an improvement, never a need
-            if model is not None:
-                self.model = model
-                planner.set_model(model)
+            # in the fit worker, on a snapshot; installed by _install_fits on a later cycle (if the
+            # data cannot make a model, the one we have stays: a refit is an improvement, never a need)
+            self.refit = self._submit(_refit, self.history.snapshot(), self.prior)
         if self._next_plan_s is None or now_s >= self._next_plan_s:
             self._next_plan_s = now_s + MPC_PERIOD_S
             requests = planner.decide(history=self.history, temps=self._temps, applied=applied, stopped=self._stopped, cem43_min=cem43_min)
@@ -456,7 +572,7 @@ class FibreController:
             output_w=tuple(self._out),
             requests_w=tuple(self._requests),
             model_source=self.model.source if self.model is not None else None,
-            tune_progress=None if self.tune is None else min(1.0, self.tune.elapsed_s / self.tune.duration_s),
+            tune_progress=1.0 if self.tune_fit is not None else None if self.tune is None else min(1.0, self.tune.elapsed_s / self.tune.duration_s),
             planner_cost=None if planner is None else planner.last_cost,
             predicted_c={} if planner is None else dict(planner.last_prediction),
         )

@@ -11,7 +11,9 @@ Energy bookkeeping. The LS-4 counts energy per channel in non-volatile counters 
 ENERGY_RESET, not per session. So a session stores the counters as they were when it started
 (`energy_baseline_j`, set at creation or later with `set_energy_baseline`, e.g. right after an
 ENERGY_RESET), and the session's share of a counter is `counter - baseline`. Samples carry the
-session's delivered energy per channel; the session row keeps the largest figure seen.
+session's delivered energy per channel, and so does the state change that ends a session (the safety
+layer's books then: the last 1 Hz sample may be up to a second old); the session row keeps the
+largest figure seen.
 
 One open session at a time: `create_session` refuses while another is open, so a counter's
 growth since the baseline belongs to exactly one session.
@@ -420,15 +422,30 @@ class Journal:
             db.execute("UPDATE sessions SET energy_baseline_j = ? WHERE id = ?", (_json(baseline), session_id))
             self._insert_event(db, "energy_baseline", reason, session_id=session_id, details={"energy_baseline_j": baseline})
 
-    def set_state(self, session_id: int, new_state: State | str, reason: str, *, details: dict[str, Any] | None = None) -> None:
-        """Move the session to `new_state` (one event away from its state, per session_states) and record why."""
+    def set_state(
+        self,
+        session_id: int,
+        new_state: State | str,
+        reason: str,
+        *,
+        details: dict[str, Any] | None = None,
+        delivered_energy_j: Sequence[float] | None = None,
+    ) -> None:
+        """Move the session to `new_state` (one event away from its state, per session_states) and record why.
+        `delivered_energy_j`: the session's delivered energy per channel now (the safety layer's books,
+        given with the terminal state change): booked in the same transaction, if larger."""
         new = State(new_state)
+        energy = None if delivered_energy_j is None else _vector(delivered_energy_j, CHANNELS, "delivered_energy_j")
         with self._write("recording a state change") as db:
             current = self._state_of(db, session_id)
             if not can_reach(current, new):
                 raise TransitionError(f"journal: session {session_id} cannot go from {current} to {new}")
             now = self._wall()
             db.execute("UPDATE sessions SET state = ? WHERE id = ?", (str(new), session_id))
+            if energy is not None:
+                row = db.execute("SELECT delivered_energy_j FROM sessions WHERE id = ?", (session_id,)).fetchone()
+                booked = [max(float(a), float(b)) for a, b in zip(json.loads(row[0]), energy, strict=True)]
+                db.execute("UPDATE sessions SET delivered_energy_j = ? WHERE id = ?", (_json(booked), session_id))
             if new == State.EMITTING:
                 db.execute("UPDATE sessions SET started_wall = ? WHERE id = ? AND started_wall IS NULL", (now, session_id))
             if new in TERMINAL_STATES:
@@ -617,21 +634,7 @@ class Journal:
         """Events of one session, or all events (session_id None), in order."""
         query = "SELECT id, session_id, t_wall, t_mono, device_time_ms, kind, state_from, state_to, message, details FROM events"
         rows = self._db.execute(query + (" WHERE session_id = ? ORDER BY id" if session_id is not None else " ORDER BY id"), (() if session_id is None else (session_id,)))
-        return [
-            EventRecord(
-                id=r[0],
-                session_id=r[1],
-                t_wall=r[2],
-                t_mono=r[3],
-                device_time_ms=r[4],
-                kind=r[5],
-                state_from=None if r[6] is None else State(r[6]),
-                state_to=None if r[7] is None else State(r[7]),
-                message=r[8],
-                details=None if r[9] is None else json.loads(r[9]),
-            )
-            for r in rows
-        ]
+        return [self._event_from_row(r) for r in rows]
 
     def daemon_events_before(self, event_id: int, kinds: Sequence[str], *, limit: int = 10) -> list[EventRecord]:
         """The latest events of `kinds` that belong to no session and come before event `event_id`,

@@ -77,11 +77,15 @@ class TreatmentSession:
         if event is Event.PULLBACK_CONFIRMED and self.controller is not None:
             self.controller.new_position()  # the fibres moved: what was identified no longer holds
             self.model = None
-        self.journal.set_state(self.session_id, new, reason, details=details)
+        # The end books the safety layer's figure: the last 1 Hz sample can be up to a second old.
+        final_j = self.safety.delivered_j if new in TERMINAL_STATES else None
+        self.journal.set_state(self.session_id, new, reason, details=details, delivered_energy_j=final_j)
         log.info("session=%d event=%s from=%s to=%s reason=%s", self.session_id, event, self.state, new, reason)
         self.state = new
         if new in TERMINAL_STATES:
             self.end_reason = reason
+            if self.controller is not None:
+                self.controller.close()  # its fit worker
         return new
 
     # --- the safety layer's books -----------------------------------------------------------
@@ -158,7 +162,8 @@ class TreatmentSession:
 
     @property
     def tune_running(self) -> bool:
-        return self.controller is not None and self.controller.tune is not None
+        """A tune runs, or its model is being fitted (it is recorded on the cycle it is installed)."""
+        return self.controller is not None and self.controller.tune_pending
 
     def tune_status(self) -> dict[str, Any]:
         ctl = self.controller

@@ -29,8 +29,9 @@ the journal (`ThermalModel.to_details()`), from which `ThermalModel.from_details
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -193,12 +194,46 @@ def imc_gains(model: Fopdt) -> PidGains:
 DEFAULT_TIP_GAINS = imc_gains(Fopdt(gain_c_per_w=DEFAULT_TIP_FOPDT[0], tau_s=DEFAULT_TIP_FOPDT[1], dead_time_s=DEFAULT_TIP_FOPDT[2], rms_c=0.0))
 
 
+_FOPDT_TAUS = np.geomspace(0.5, 600.0, 90)
+_FOPDT_THETAS = np.arange(0.0, 10.0 + 1e-9, 0.25)
+
+
 def fit_fopdt(t_s: np.ndarray, y: np.ndarray) -> Fopdt:
     """Least-squares K (1 - exp(-(t - theta) / tau)) to a step response (grid over theta and tau,
-    K in closed form for each)."""
-    taus = np.geomspace(0.5, 600.0, 90)
+    K in closed form for each). On a uniform time grid from 0 whose step divides the dead-time grid's
+    (the model's FOPDT_DT_S does), a dead time only shifts the theta = 0 responses: one table of them
+    serves every dead time (about 1 ms instead of 10-20; the same grid point chosen)."""
+    t = np.asarray(t_s, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if len(t) > 1 and t[0] == 0.0 and (dt := float(t[1] - t[0])) > 0.0:
+        shifts = _FOPDT_THETAS / dt
+        if np.allclose(np.diff(t), dt, rtol=0.0, atol=1e-9 * dt) and np.allclose(shifts, np.rint(shifts), rtol=0.0, atol=1e-9):
+            return _fit_fopdt_shifted(t, y, np.rint(shifts).astype(int))
+    return _fit_fopdt_grid(t, y)
+
+
+def _fit_fopdt_shifted(t: np.ndarray, y: np.ndarray, shifts: np.ndarray) -> Fopdt:
+    taus, n = _FOPDT_TAUS, len(t)
+    f0 = -np.expm1(-t[None, :] / taus[:, None])  # (tau, t): the responses with no dead time
+    cum = np.cumsum(f0 * f0, axis=1)
+    ff = np.where(shifts[None, :] < n, cum[:, np.clip(n - 1 - shifts, 0, None)], 0.0)  # (tau, theta)
+    fy = np.zeros((len(taus), len(shifts)))
+    for j, shift in enumerate(shifts):
+        if shift < n:
+            fy[:, j] = f0[:, : n - shift] @ y[shift:]
+    k = np.where(ff > 0, fy / np.where(ff > 0, ff, 1.0), 0.0)
+    sse = float(y @ y) - 2.0 * k * fy + k * k * ff
+    best_tau = np.argmin(sse, axis=0)  # per dead time, the first best; then the first best dead time
+    j = int(np.argmin(sse[best_tau, np.arange(len(shifts))]))
+    i = int(best_tau[j])
+    return Fopdt(gain_c_per_w=float(k[i, j]), tau_s=float(taus[i]), dead_time_s=float(_FOPDT_THETAS[j]), rms_c=math.sqrt(max(float(sse[i, j]), 0.0) / len(y)))
+
+
+def _fit_fopdt_grid(t_s: np.ndarray, y: np.ndarray) -> Fopdt:
+    """fit_fopdt on any time grid: every dead time's responses computed."""
+    taus = _FOPDT_TAUS
     best: tuple[float, float, float, float] | None = None
-    for theta in np.arange(0.0, 10.0 + 1e-9, 0.25):
+    for theta in _FOPDT_THETAS:
         tt = np.clip(t_s - theta, 0.0, None)
         f = -np.expm1(-tt[None, :] / taus[:, None])  # (tau, t)
         ff = np.einsum("ij,ij->i", f, f)
@@ -225,6 +260,8 @@ class ThermalModel:
     samples: int  # seconds of data fitted
     source: str = "tune"  # "tune", "online" (refit during treatment) or "default"
     bases: tuple[str, ...] = field(default_factory=lambda: tuple(b.label() for b in BASES))
+    # (probe, fibre) -> the pair's FOPDT, each fitted once per model (see fopdt()); not part of the value
+    _fopdts: dict[tuple[int, int], Fopdt] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if tuple(self.bases) != tuple(b.label() for b in BASES):
@@ -260,11 +297,26 @@ class ThermalModel:
         return np.einsum("pfk,kn->pfn", self.theta, _STEP_TABLE)
 
     def fopdt(self, *, probe: int, fibre: int) -> Fopdt:
-        t = np.arange(0.0, FOPDT_WINDOW_S + 1e-9, FOPDT_DT_S)
-        return fit_fopdt(t, self.step_response(probe=probe, fibre=fibre, t_s=t))
+        """The pair's FOPDT (a grid fit, milliseconds): fitted on first use, then looked up, so the
+        tune's result, the loops' gains and the journal record share one fit per pair."""
+        found = self._fopdts.get((probe, fibre))
+        if found is None:
+            t = np.arange(0.0, FOPDT_WINDOW_S + 1e-9, FOPDT_DT_S)
+            found = self._fopdts[(probe, fibre)] = fit_fopdt(t, self.step_response(probe=probe, fibre=fibre, t_s=t))
+        return found
 
     def gains(self, *, probe: int, fibre: int) -> PidGains:
         return imc_gains(self.fopdt(probe=probe, fibre=fibre))
+
+    def precompute(self, pairs: Iterable[tuple[int, int]] = ()) -> None:
+        """Fit now every FOPDT that `gains` of these (probe, fibre) pairs and `to_details()` need,
+        and the step table: the controller calls this in its fit worker, off the event loop, so
+        that installing and journaling the model in the control cycle only looks them up."""
+        for probe, fibre in pairs:
+            if probe in self.probes and fibre in self.fibres:
+                self.fopdt(probe=probe, fibre=fibre)
+        self.to_details()
+        _ = self.step_table
 
     def to_details(self) -> dict[str, Any]:
         """JSON-able, for the journal (record_event details)."""
@@ -342,6 +394,15 @@ class History:
 
     def __len__(self) -> int:
         return self._n
+
+    def snapshot(self) -> History:
+        """An independent copy of the record and the fit's sums, for a fit in another thread while
+        this history goes on recording (add() writes its arrays in place)."""
+        snap = copy.copy(self)
+        snap._u, snap._y, snap._phi = (arr[: max(self._n, 64)].copy() for arr in (self._u, self._y, self._phi))
+        snap.gram, snap.rhs, snap.yy = self.gram.copy(), self.rhs.copy(), self.yy.copy()
+        snap._energy, snap._last_p, snap._last_y = list(self._energy), list(self._last_p), list(self._last_y)
+        return snap
 
     @property
     def u(self) -> np.ndarray:

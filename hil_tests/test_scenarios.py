@@ -236,45 +236,6 @@ def _findings(events: list[Any], kind: str) -> list[tuple[str, int | None]]:
     return [((e.details or {}).get("rule"), (e.details or {}).get("channel")) for e in events if e.kind == kind]
 
 
-def _known_bug_tune_stall(daemon: DaemonProcess, events: list[Any], target: Target) -> str | None:
-    """Bug 1 (reported with evidence, docs/hil.md): the cycle that ends a tune blocks laserd while
-    controller/tune.py fits some 20 FOPDT grids, longer than the LS-4 watchdog at this time scale.
-    The xfail reason with this run's numbers, or None if the session faulted for anything else."""
-    kinds = [e.kind for e in events]
-    trips = [e for e in events if e.kind == "safety_trip"]
-    if "tune_model" not in kinds or not trips or kinds.index("tune_model") > kinds.index("safety_trip"):
-        return None
-    if "WATCHDOG_EXPIRED" not in trips[0].message and (trips[0].details or {}).get("rule") != "cycle_overrun":
-        return None
-    worst_ms = daemon.status()["cycle"]["cycle_ms_max"]
-    device_ms = worst_ms * target.time_scale
-    if device_ms < 0.5 * target.env.watchdog_timeout_ms:
-        return None
-    return (
-        f"known bug 1: the cycle that ends the tune blocked laserd {worst_ms:.0f} ms of wall time "
-        f"({device_ms:.0f} ms of device time; LS-4 watchdog {target.env.watchdog_timeout_ms} ms): {trips[0].message}"
-    )
-
-
-def _known_bug_final_energy(record: Record, live_j: list[float], delivered: list[float], fibres: tuple[int, ...], tolerance_j: float) -> str | None:
-    """Bug 2 (reported with evidence, docs/hil.md): a session's delivered energy in the journal is
-    its last 1 Hz sample's, so the energy of the last fraction of a second before the end is never
-    booked, while the live books (MQTT session summary) have it. The xfail reason, or None."""
-    journal = record.session.delivered_energy_j
-    short = {c: delivered[c] - journal[c] for c in fibres}
-    if max(short.values()) <= tolerance_j or record.last_sample_energy_j is None:
-        return None
-    from_last_sample = all(journal[c] == pytest.approx(record.last_sample_energy_j[c], abs=1e-6) for c in fibres)
-    live_right = all(abs(live_j[c] - delivered[c]) <= tolerance_j for c in fibres)
-    if not (from_last_sample and live_right):
-        return None
-    worst = max(short, key=lambda c: short[c])
-    return (
-        f"known bug 2: the journal booked channel {worst} {journal[worst]:.3f} J (its last 1 Hz sample), "
-        f"{short[worst]:.3f} J short of the {delivered[worst]:.3f} J delivered; the live books said {live_j[worst]:.3f} J"
-    )
-
-
 def _tip_energy(truth: dict[str, Any], before: dict[str, Any]) -> list[float]:
     return [a - b for a, b in zip(truth["ls4"]["true_tip_energy_j"], before["ls4"]["true_tip_energy_j"])]
 
@@ -339,8 +300,6 @@ def test_nominal_treatment(hil_row: Row, stack_for, scenario: str, mode: str, tr
     for name, peak in ((truth.get("tissue") or {}).get("protected_max_temp_c") or {}).items():
         assert peak is None or peak <= PROTECTED_MAX_C, f"protected structure {name}: {peak} degC"
 
-    if end_state == "FAULTED" and (reason := _known_bug_tune_stall(daemon, events, s.target)) is not None:
-        pytest.xfail(reason)
     trips = [e.message for e in events if e.kind == "safety_trip"]
     assert end_state == "COMPLETE", f"session {end_state}: {trips or record.session.end_reason}"
 
@@ -387,8 +346,6 @@ def test_nominal_treatment(hil_row: Row, stack_for, scenario: str, mode: str, tr
         assert live_j[c] == pytest.approx(delivered[c], abs=one_cycle_j + 0.05), f"channel {c}: MQTT summary {live_j[c]} J"
 
     # --- last: the energy the journal booked is the energy delivered, within one control cycle ----------------
-    if (reason := _known_bug_final_energy(record, live_j, delivered, geo.fibres, one_cycle_j + 0.05)) is not None:
-        pytest.xfail(reason)
     for c in geo.fibres:
         assert record.session.delivered_energy_j[c] == pytest.approx(delivered[c], abs=one_cycle_j + 0.05), f"channel {c}: journal"
 

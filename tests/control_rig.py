@@ -62,8 +62,10 @@ path = "laserd.sock"
 """
 
 
-def config(base_dir: Path) -> DaemonConfig:
-    return parse_config(CONFIG_TEXT, base_dir=base_dir)
+def config(base_dir: Path, *, max_session_s: int | None = None) -> DaemonConfig:
+    """The rig's site config; `max_session_s` replaces its session limit (the bench's longer sessions)."""
+    text = CONFIG_TEXT if max_session_s is None else CONFIG_TEXT.replace("max_session_duration_s = 3600", f"max_session_duration_s = {int(max_session_s)}")
+    return parse_config(text, base_dir=base_dir)
 
 
 @dataclass
@@ -92,10 +94,11 @@ class Rig:
         kernel: str = "compiled",
         workdir: Path | None = None,
         thermal: TissueModel | None = None,
+        max_session_s: int | None = None,
     ) -> None:
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory()
         self.workdir = workdir or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.config = config(self.workdir)
+        self.config = config(self.workdir, max_session_s=max_session_s)
         self.thermal = thermal if thermal is not None else load_thermal_model(scenario, grid_mm=grid_mm)
         self.world = SimWorld(thermal=self.thermal, seed=seed)
         self.world.clock.freeze()
@@ -174,6 +177,10 @@ class Rig:
         ls4, ft8 = self.read_ls4(), self.read_ft8()
         session = self.session
         live = session is not None and session.open
+        if live and session.controller is not None:  # type: ignore[union-attr]
+            # the controller's fits run in a worker thread; on the frozen clock they take no device
+            # time (like everything here), so a run does not depend on the machine's speed
+            session.controller.wait_fits()  # type: ignore[union-attr]
         proposal = session.propose(ls4, ft8, now_s=now_s) if live else None  # type: ignore[union-attr]
         decision = self.supervisor.check(
             now_s=now_s,

@@ -169,6 +169,42 @@ def test_bad_samples_are_refused(tmp_path: Path, plan: Plan) -> None:
             j.record_sample(sid + 7, sample([1.0, 0, 0, 0]))
 
 
+def test_the_state_change_that_ends_a_session_books_its_final_energy(tmp_path: Path, plan: Plan) -> None:
+    with Journal(tmp_path / "j.sqlite") as j:
+        sid = j.create_session(plan)
+        j.set_state(sid, State.ARMED, "armed")
+        j.set_state(sid, State.EMITTING, "footswitch")
+        j.record_sample(sid, sample([40.0, 20.0, 0.0, 0.0]))  # the last 1 Hz sample
+        with pytest.raises(ValueError, match="delivered_energy_j needs 4 values"):
+            j.set_state(sid, State.FAULTED, "safety trip", delivered_energy_j=[41.0])
+        assert j.session(sid).session.state == State.EMITTING
+        j.set_state(sid, State.FAULTED, "safety trip", delivered_energy_j=[42.5, 19.0, 0.0, 0.0])
+        assert j.delivered_energy_j(sid) == (42.5, 20.0, 0.0, 0.0)  # per channel, never less than booked
+        assert j.session(sid).session.state == State.FAULTED
+
+
+def test_a_session_that_ends_books_the_safety_layers_figure(tmp_path: Path, plan: Plan) -> None:
+    """TreatmentSession.apply gives the supervisor's books with the terminal state change: the
+    energy of the last fraction of a second, after the last 1 Hz sample, is booked too."""
+    from controller.session import TreatmentSession
+    from controller.session_states import Event
+
+    class Books:  # the part of SafetySupervisor the session reads here
+        delivered_j = (41.25, 0.0, 3.5, 0.0)
+        fibres_stopped: frozenset[int] = frozenset()
+
+    with Journal(tmp_path / "j.sqlite") as j:
+        sid = j.create_session(plan)
+        session = TreatmentSession(session_id=sid, plan=plan, journal=j, safety=Books())  # type: ignore[arg-type]
+        session.apply(Event.ARM, "armed")
+        session.apply(Event.FOOTSWITCH_PRESSED, "footswitch")
+        j.record_sample(sid, sample([40.0, 0.0, 3.0, 0.0]))
+        session.apply(Event.FOOTSWITCH_RELEASED, "footswitch released")
+        assert j.delivered_energy_j(sid) == (40.0, 0.0, 3.0, 0.0)  # not an end: the samples' figure
+        session.apply(Event.ABORT, "operator stop")
+        assert j.delivered_energy_j(sid) == (41.25, 0.0, 3.5, 0.0)
+
+
 def test_recovery_takes_the_larger_of_journal_and_counter_share(tmp_path: Path, plan: Plan) -> None:
     path = tmp_path / "j.sqlite"
     with Journal(path) as j:
