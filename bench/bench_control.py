@@ -45,7 +45,7 @@ SCENARIOS = ("single_fibre", "tumour_20mm_2fibres", "tumour_35mm_4fibres", "vess
 # scenarios never bring heat to their protected probe within the treatment).
 EXTRA_SCENARIOS = (str(ROOT / "tests" / "scenarios" / "protected_near_2fibres.toml"),)
 MODES = ("FIXED_POWER", "TEMPERATURE", "SHAPED")
-TREATMENT_S = 3600.0  # each run is cut here if it has not ended by itself (the plans' session limit)
+TREATMENT_S = 3600.0  # the plans' session limit, where SESSION_LIMIT_S does not say otherwise; a run is cut there
 # Multi-position treatments of a whole tumour get a 2 h session (clinically, multi-position LITT
 # sessions last 60-120 min): under the 95 degC tip cap a bare fibre takes about 1000 s per 1800 J
 # position, so 3-4 positions do not fit in 1 h in any mode. Every mode gets the same limit.

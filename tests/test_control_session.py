@@ -390,8 +390,13 @@ def test_shaped_predicts_heat_on_its_way_to_a_protected_structure() -> None:
         assert max(row[3] for row in rig.trace.tissue_c) < 44.0
         last = rig.trace.setpoint_mw[-300:]  # the last 30 s
         assert np.mean([r[0] for r in last]) < 0.5 * np.mean([r[1] for r in last])  # fibre 0 throttled
-        assert max(rig.trace.probe(1)[-300:]) < 95.0 - SHAPED_TIP_MARGIN_C + 1.0  # fibre 1 at its tip limit ...
-        assert min(rig.trace.probe(1)[-300:]) > 95.0 - SHAPED_TIP_MARGIN_C - 1.5
+        # fibre 1 at its tip limit: planned up to it (the slow tail brings the tip there within the
+        # horizon; the protected probe, 16 mm from fibre 1, shares its limit with fibre 0) ...
+        ctl = rig.session.controller
+        assert ctl is not None and ctl.planner is not None
+        assert max(ctl.planner.last_prediction[1]) > 95.0 - SHAPED_TIP_MARGIN_C - 0.5
+        assert max(rig.trace.probe(1)[-300:]) < 95.0 - SHAPED_TIP_MARGIN_C + 1.0
+        assert min(rig.trace.probe(1)[-300:]) > 95.0 - SHAPED_TIP_MARGIN_C - 5.0
         assert rig.trace.probe(2)[-1] > protected[-1] + 1.5  # ... and the margin ends warmer than the structure
     finally:
         rig.close()
