@@ -108,6 +108,7 @@ CREATE TRIGGER samples_no_update BEFORE UPDATE ON samples BEGIN SELECT RAISE(ABO
 CREATE TRIGGER samples_no_delete BEFORE DELETE ON samples BEGIN SELECT RAISE(ABORT, 'samples are append-only'); END;
 CREATE TRIGGER sessions_no_delete BEFORE DELETE ON sessions BEGIN SELECT RAISE(ABORT, 'sessions are never deleted'); END;
 """
+_SELECT_EVENTS: Final = "SELECT id, session_id, t_wall, t_mono, device_time_ms, kind, state_from, state_to, message, details FROM events"
 
 
 class JournalError(RuntimeError):
@@ -632,7 +633,7 @@ class Journal:
 
     def events(self, *, session_id: int | None = None) -> list[EventRecord]:
         """Events of one session, or all events (session_id None), in order."""
-        query = "SELECT id, session_id, t_wall, t_mono, device_time_ms, kind, state_from, state_to, message, details FROM events"
+        query = _SELECT_EVENTS
         rows = self._db.execute(query + (" WHERE session_id = ? ORDER BY id" if session_id is not None else " ORDER BY id"), (() if session_id is None else (session_id,)))
         return [self._event_from_row(r) for r in rows]
 
@@ -641,8 +642,8 @@ class Journal:
         newest first (e.g. the device identification of the daemon start a session ran under)."""
         marks = ", ".join("?" for _ in kinds)
         rows = self._db.execute(
-            "SELECT id, session_id, t_wall, t_mono, device_time_ms, kind, state_from, state_to, message, details FROM events"
-            f" WHERE id < ? AND session_id IS NULL AND kind IN ({marks}) ORDER BY id DESC LIMIT ?",
+            _SELECT_EVENTS
+            + f" WHERE id < ? AND session_id IS NULL AND kind IN ({marks}) ORDER BY id DESC LIMIT ?",
             (event_id, *kinds, limit),
         )
         return [self._event_from_row(r) for r in rows]

@@ -153,6 +153,16 @@ def four_gains() -> np.ndarray:
     return g
 
 
+def emitting_session(tmp_path: Path) -> tuple[Journal, TreatmentSession]:
+    """A journaled session on margin_plan, EMITTING, with a controller that tunes briefly."""
+    plan = margin_plan(tmp_path)
+    journal = Journal(tmp_path / "j.sqlite")
+    session = TreatmentSession(session_id=journal.create_session(plan), plan=plan, journal=journal, safety=SafetySupervisor(limits=plan_limits(config(tmp_path), plan)))
+    session.state = State.EMITTING
+    session.controller = FibreController(plan=plan, tune_settings=SHORT_TUNE)
+    return journal, session
+
+
 def test_the_cycle_that_ends_a_tune_returns_with_the_fit_pending_and_a_later_one_installs_it(
     tmp_path: Path, gate: Callable[[str], threading.Event], fopdt_fits: list[str]
 ) -> None:
@@ -189,12 +199,9 @@ def test_the_cycle_that_ends_a_tune_returns_with_the_fit_pending_and_a_later_one
 
 
 def test_a_fit_that_fails_is_the_tune_error_and_no_new_tune_starts(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
-    plan = margin_plan(tmp_path)
-    journal = Journal(tmp_path / "j.sqlite")
-    session = TreatmentSession(session_id=journal.create_session(plan), plan=plan, journal=journal, safety=SafetySupervisor(limits=plan_limits(cfg, plan)))
-    session.state = State.EMITTING
-    ctl = session.controller = FibreController(plan=plan, tune_settings=SHORT_TUNE)
+    journal, session = emitting_session(tmp_path)
+    ctl = session.controller
+    assert ctl is not None
     plant = Plant(single_gains(), delivers=False)  # the LS-4 reports no output: nothing to identify
     t = 0.0
 
@@ -260,12 +267,9 @@ def test_a_refit_of_the_old_position_is_thrown_away(tmp_path: Path, gate: Callab
 
 
 def test_the_session_end_shuts_the_fit_worker_down(tmp_path: Path) -> None:
-    cfg = config(tmp_path)
-    plan = margin_plan(tmp_path)
-    journal = Journal(tmp_path / "j.sqlite")
-    session = TreatmentSession(session_id=journal.create_session(plan), plan=plan, journal=journal, safety=SafetySupervisor(limits=plan_limits(cfg, plan)))
-    session.state = State.EMITTING
-    ctl = session.controller = FibreController(plan=plan, tune_settings=SHORT_TUNE)
+    journal, session = emitting_session(tmp_path)
+    ctl = session.controller
+    assert ctl is not None
     drive = Driver(ctl, Plant(single_gains()))
     drive.until(lambda: ctl.tune_fit is not None, max_s=60.0)
     worker = ctl._executor

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cython_ext.bioheat as compiled
+from bioheat_fields import random_fields
 from cython_ext import bioheat_ref as reference
 from sim.tissue.properties import GAS_CONSTANT_J_MOL_K, LIVER_ARRHENIUS_A_1_S, LIVER_ARRHENIUS_EA_J_MOL
 
@@ -22,20 +23,6 @@ def test_the_kernel_is_a_compiled_extension() -> None:
     assert compiled.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
-def _fields(seed: int, shape: tuple[int, int, int], *, t_max: float, vessel_fraction: float):
-    rng = np.random.default_rng(seed)
-    nx, ny, nz = shape
-    t = np.full((nx + 2, ny + 2, nz + 2), 37.0)
-    t[1:-1, 1:-1, 1:-1] = 37.0 + rng.random(shape) * (t_max - 37.0)
-    heat = rng.random(shape) * 3.0
-    perf = rng.random(shape) * 0.02
-    vessel = (rng.random(shape) < vessel_fraction).astype(np.uint8)
-    perf[vessel == 1] = 0.0
-    rows = np.ascontiguousarray(vessel.any(axis=2), dtype=np.uint8)
-    omega = rng.random(shape) * rng.choice([0.0, 0.5, 2.0])
-    cem = rng.random(shape) * 10.0
-    peak = np.full(shape, 37.0)
-    return t, heat, perf, vessel, rows, omega, cem, peak
 
 
 @settings(max_examples=60, deadline=None)
@@ -51,7 +38,7 @@ def _fields(seed: int, shape: tuple[int, int, int], *, t_max: float, vessel_frac
     stops=st.booleans(),
 )
 def test_compiled_equals_reference_on_random_fields(seed, shape, steps, threads, a, dt_s, t_max, vessel_fraction, stops) -> None:
-    t, heat, perf, vessel, rows, omega, cem, peak = _fields(seed, shape, t_max=t_max, vessel_fraction=vessel_fraction)
+    t, heat, perf, vessel, rows, omega, cem, peak = random_fields(seed, shape, t_max=t_max, vessel_fraction=vessel_fraction)
     kw = dict(
         steps=steps, a=a, dt_s=dt_s, body_c=37.0, arrhenius_min_c=43.0, cem_min_c=39.0,
         ln_a=LN_A, ea_over_r=EA_OVER_R, coagulated_omega=1.0 if stops else math.inf,
@@ -112,7 +99,7 @@ def test_one_minute_at_43_is_one_cem43_minute() -> None:
 
 
 def test_steps_fused_in_one_sweep_equal_single_steps() -> None:
-    t, heat, perf, vessel, rows, omega, cem, peak = _fields(7, (10, 8, 9), t_max=42.0, vessel_fraction=0.05)
+    t, heat, perf, vessel, rows, omega, cem, peak = random_fields(7, (10, 8, 9), t_max=42.0, vessel_fraction=0.05)
     fused = np.full_like(t, 37.0)
     ring = np.full((4, 3, 10, 11), 37.0)
     args = dict(body_c=37.0, arrhenius_min_c=43.0, cem_min_c=39.0, ln_a=LN_A, ea_over_r=EA_OVER_R, a=0.15, dt_s=0.3)
@@ -125,7 +112,7 @@ def test_steps_fused_in_one_sweep_equal_single_steps() -> None:
 
 
 def test_bad_shapes_are_refused() -> None:
-    t, heat, perf, vessel, rows, omega, cem, peak = _fields(1, (4, 4, 4), t_max=50.0, vessel_fraction=0.0)
+    t, heat, perf, vessel, rows, omega, cem, peak = random_fields(1, (4, 4, 4), t_max=50.0, vessel_fraction=0.0)
     kw = dict(steps=2, a=0.1, dt_s=0.1, body_c=37.0, arrhenius_min_c=43.0, cem_min_c=39.0, ln_a=LN_A, ea_over_r=EA_OVER_R)
     ring = np.full((1, 3, 6, 6), 37.0)
     with pytest.raises(ValueError, match="t_out"):

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cython_ext.bioheat as compiled
+from bioheat_fields import random_fields
 from cython_ext import bioheat_ref as reference
 from sim.tissue.properties import GAS_CONSTANT_J_MOL_K, LIVER_ARRHENIUS_A_1_S, LIVER_ARRHENIUS_EA_J_MOL
 from sim.tissue.threads import PROBE_EVERY, ThreadChooser
@@ -19,20 +20,6 @@ LN_A = math.log(LIVER_ARRHENIUS_A_1_S)
 EA_OVER_R = LIVER_ARRHENIUS_EA_J_MOL / GAS_CONSTANT_J_MOL_K
 
 
-def _fields(seed: int, shape: tuple[int, int, int], *, t_max: float, vessel_fraction: float):
-    rng = np.random.default_rng(seed)
-    nx, ny, nz = shape
-    t = np.full((nx + 2, ny + 2, nz + 2), 37.0)
-    t[1:-1, 1:-1, 1:-1] = 37.0 + rng.random(shape) * (t_max - 37.0)
-    heat = rng.random(shape) * 3.0
-    perf = rng.random(shape) * 0.02
-    vessel = (rng.random(shape) < vessel_fraction).astype(np.uint8)
-    perf[vessel == 1] = 0.0
-    rows = np.ascontiguousarray(vessel.any(axis=2), dtype=np.uint8)
-    omega = rng.random(shape) * rng.choice([0.0, 0.5, 2.0])
-    cem = rng.random(shape) * 10.0
-    peak = np.full(shape, 37.0)
-    return t, heat, perf, vessel, rows, omega, cem, peak
 
 
 def _run(kernel, fields, *, steps: int, workspace: bool = False, **kw):
@@ -88,21 +75,21 @@ def simd_build(request):
     split=st.sampled_from([0.0, 0.05, 0.3, 0.5, 0.8, 0.99]),
 )
 def test_tall_grids_many_threads_equal_the_reference(seed, shape, steps, threads, tile_rows, t_max, vessel_fraction, workspace, split) -> None:
-    fields = _fields(seed, shape, t_max=t_max, vessel_fraction=vessel_fraction)
+    fields = random_fields(seed, shape, t_max=t_max, vessel_fraction=vessel_fraction)
     got = _run(compiled, fields, steps=steps, threads=threads, tile_rows=tile_rows, workspace=workspace, split=split)
     _assert_close(got, _run(reference, fields, steps=steps))
 
 
 def test_both_simd_builds_equal_the_reference(simd_build) -> None:
     for seed, shape, steps, threads in ((1, (6, 70, 13), 8, 2), (2, (5, 41, 7), 5, 3), (3, (3, 9, 130), 3, 1)):
-        fields = _fields(seed, shape, t_max=120.0, vessel_fraction=0.1)
+        fields = random_fields(seed, shape, t_max=120.0, vessel_fraction=0.1)
         _assert_close(_run(compiled, fields, steps=steps, threads=threads, tile_rows=4), _run(reference, fields, steps=steps))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 @pytest.mark.parametrize(("tile_rows", "split"), [(2, 0.0), (7, 0.0), (16, 0.0), (0, 0.2), (0, 0.5), (0, 0.9)])
 def test_tiles_and_threads_do_not_change_a_single_temperature(threads: int, tile_rows: int, split: float) -> None:
-    fields = _fields(11, (7, 96, 9), t_max=80.0, vessel_fraction=0.05)
+    fields = random_fields(11, (7, 96, 9), t_max=80.0, vessel_fraction=0.05)
     one = _run(compiled, fields, steps=8, threads=1, tile_rows=64)
     other = _run(compiled, fields, steps=8, threads=threads, tile_rows=tile_rows, split=split)
     np.testing.assert_array_equal(other[0], one[0])
@@ -113,7 +100,7 @@ def test_tiles_and_threads_do_not_change_a_single_temperature(threads: int, tile
 
 def test_exponents_beyond_the_fast_range_fall_back_to_libm() -> None:
     # ln_a this large puts the Arrhenius exponent near 700: the vector exp() leaves it to exp()
-    fields = _fields(5, (4, 20, 9), t_max=60.0, vessel_fraction=0.0)
+    fields = random_fields(5, (4, 20, 9), t_max=60.0, vessel_fraction=0.0)
     kw = dict(ln_a=EA_OVER_R / 330.0 + 702.0, coagulated_omega=math.inf)
     got = _run(compiled, fields, steps=3, threads=2, **kw)
     want = _run(reference, fields, steps=3, **kw)
@@ -122,7 +109,7 @@ def test_exponents_beyond_the_fast_range_fall_back_to_libm() -> None:
 
 
 def test_each_thread_reports_its_time_and_the_split_rows_go_to_thread_0() -> None:
-    fields = _fields(4, (40, 64, 40), t_max=45.0, vessel_fraction=0.0)
+    fields = random_fields(4, (40, 64, 40), t_max=45.0, vessel_fraction=0.0)
     t, heat, perf, vessel, rows, omega, cem, peak = fields
     seconds = np.full(3, -1.0)
     kw = dict(steps=8, a=0.15, dt_s=0.3, body_c=37.0, arrhenius_min_c=43.0, cem_min_c=39.0, ln_a=LN_A, ea_over_r=EA_OVER_R)
@@ -138,7 +125,7 @@ def test_each_thread_reports_its_time_and_the_split_rows_go_to_thread_0() -> Non
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 def test_pinned_halves_give_the_same_result_and_the_caller_keeps_its_cpus() -> None:
-    fields = _fields(9, (9, 50, 10), t_max=70.0, vessel_fraction=0.1)
+    fields = random_fields(9, (9, 50, 10), t_max=70.0, vessel_fraction=0.1)
     cpus = os.sched_getaffinity(0)
     pin = tuple(sorted(cpus)[:2])
     for split in (0.3, 0.7):
@@ -153,7 +140,7 @@ def test_the_workspace_shape_holds_the_threads_it_was_made_for() -> None:
     shape = (10, 128, 12)
     ws = compiled.workspace_shape(shape, 8, 2)
     assert ws[1:] == (3, 130, 14) and ws[0] >= 7
-    fields = _fields(3, shape, t_max=50.0, vessel_fraction=0.0)
+    fields = random_fields(3, shape, t_max=50.0, vessel_fraction=0.0)
     a = _run(compiled, fields, steps=8, threads=2, workspace=True)
     b = _run(compiled, fields, steps=8, threads=2, workspace=False)
     np.testing.assert_array_equal(a[0], b[0])
